@@ -7,9 +7,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import plantwatch  # noqa: F401  (switches telemetry off before anything else is imported)
+from plantwatch.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -46,3 +48,27 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in plantwatch.offline.TELEMETRY_SWITCHES.items():
         monkeypatch.setenv(key, value)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+# --- simulated data (plantwatch.simulate) ---------------------------------------------------------
+SMALL_FLEET_ASSETS = 6
+SMALL_FLEET_DAYS = 3.0
+
+
+@pytest.fixture(scope="session")
+def sim_params() -> Params:
+    """The repo's params.yaml as typed Params (read-only; use ``model_copy(update=...)`` to vary)."""
+    from plantwatch.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_fleet(sim_params: Params) -> pd.DataFrame:
+    """A seeded canonical frame, 6 assets x 3 days at data.interval_s (25,920 rows, ~2 % labelled,
+    every fault kind present), generated once per session. Shared: ``.copy()`` before mutating."""
+    from plantwatch.simulate import simulate_fleet
+
+    return simulate_fleet(
+        sim_params.simulate, sim_params.data, assets=SMALL_FLEET_ASSETS, days=SMALL_FLEET_DAYS
+    )

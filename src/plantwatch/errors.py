@@ -37,3 +37,13 @@ class RegistryError(PlantwatchError):
     """The model registry refused an operation (missing, rejected or tampered version)."""
 
     exit_code = 1
+
+
+class HttpError(PlantwatchError):
+    """A failure with an HTTP meaning: the service answers ``http_status``, the CLI uses ``exit_code``.
+
+    Subclasses set both class attributes, so one core function serves the CLI and the service alike.
+    """
+
+    http_status: int = 500
+    exit_code = 1

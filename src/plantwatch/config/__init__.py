@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from plantwatch.config.base import StrictModel
 from plantwatch.config.data import DataConfig, SensorSpec
 from plantwatch.config.monitor import MonitorConfig
+from plantwatch.config.orchestrate import OrchestrateConfig
 from plantwatch.config.registry import RegistryConfig
 from plantwatch.config.review import ReviewConfig
+from plantwatch.config.rules import MaintenanceWindow, RulesConfig
 from plantwatch.config.serve import ServeConfig
 from plantwatch.config.simulate import SimulateConfig
 from plantwatch.config.train import FeaturesConfig, GatesConfig, ScaleConfig, SplitConfig, TrainConfig
@@ -28,10 +30,13 @@ __all__ = [
     "DataConfig",
     "FeaturesConfig",
     "GatesConfig",
+    "MaintenanceWindow",
     "MonitorConfig",
+    "OrchestrateConfig",
     "Params",
     "RegistryConfig",
     "ReviewConfig",
+    "RulesConfig",
     "ScaleConfig",
     "SensorSpec",
     "ServeConfig",
@@ -59,6 +64,8 @@ class Params(StrictModel):
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
     review: ReviewConfig = ReviewConfig()
+    orchestrate: OrchestrateConfig = OrchestrateConfig()
+    rules: RulesConfig = RulesConfig()
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 

@@ -40,6 +40,26 @@ class DataConfig(StrictModel):
     interval_s: PositiveInt = 60
     #: Rows before this index (per source file order) are the source's official training part.
     train_rows: PositiveInt | None = None
+    #: How text timestamps are parsed (a pandas ``to_datetime`` format). ``ISO8601`` accepts offsets;
+    #: aware values are converted to UTC, naive ones are taken as UTC. Unparseable values become NaT
+    #: and are recorded as type errors, so validation quarantines them instead of losing them.
+    timestamp_format: str = "ISO8601"
+
+    @field_validator("sources")
+    @classmethod
+    def _no_blank_sources(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v):
+            raise ValueError("source paths must not be blank")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> DataConfig:
+        """A sensor named like the timestamp/asset/label column would be silently overwritten."""
+        special = {c for c in (self.timestamp_column, self.asset_column, self.label_column) if c}
+        clash = special & (set(self.sensors) | set(self.passthrough_columns))
+        if clash:
+            raise ValueError(f"column(s) {sorted(clash)} used both as a sensor/passthrough and a key column")
+        return self
 
     @field_validator("sensors", mode="before")
     @classmethod

@@ -17,34 +17,105 @@ class SplitConfig(StrictModel):
 
 
 class FeaturesConfig(StrictModel):
-    windows: list[PositiveInt] = Field(default_factory=lambda: [5, 30])
+    """``features:`` block — what ``plantwatch.features.FeatureBuilder`` computes per sensor."""
+
+    #: Trailing rolling windows, in readings per asset (causal: current and earlier readings only).
+    windows: list[PositiveInt] = Field(default_factory=lambda: [5, 30], min_length=1)
     stats: list[Literal["mean", "std", "min", "max", "slope"]] = Field(
         default_factory=lambda: ["mean", "std", "min", "max", "slope"]
     )
+    #: Cross-sensor residuals (each sensor vs. a robust linear model of the others).
+    residuals: bool = True
+    #: Stuck-sensor run length is capped at, and divided by, this many readings.
+    stuck_cap: PositiveInt = 30
+    #: Floor of a per-asset scale, as a fraction of the fleet scale (constant sensors stay finite).
+    min_scale: float = Field(default=1e-3, gt=0.0, le=1.0)
+    #: Rows sampled (seeded) to fit the cross-sensor model: keeps fit time flat at 1M rows.
+    max_fit_rows: PositiveInt = 200_000
+
+
+#: Hyperparameters of ``EnsembleDetector`` that ``train.model.grid`` may vary.
+GridKey = Literal[
+    "n_components", "top_k", "w_zscore", "w_iforest", "w_covariance", "w_pca_residual", "combine", "z_clip"
+]
+
+
+class ModelConfig(StrictModel):
+    """``train.model`` sub-block — the custom model (``plantwatch.model.EnsembleDetector``).
+
+    ``grid`` lists alternatives that time-ordered CV (``plantwatch.model.select_hyperparameters``)
+    may pick from; every other value is fixed. Keep it tiny: each grid point costs a full CV round.
+    """
+
+    contamination: float = Field(default=0.01, gt=0.0, le=0.5)
+    n_estimators: PositiveInt = 100
+    max_samples: int = Field(default=256, ge=2)
+    n_components: PositiveInt = 8
+    top_k: PositiveInt = 3
+    w_zscore: float = Field(default=1.0, ge=0.0)
+    w_iforest: float = Field(default=1.0, ge=0.0)
+    w_covariance: float = Field(default=1.0, ge=0.0)
+    w_pca_residual: float = Field(default=1.0, ge=0.0)
+    combine: Literal["mean", "max"] = "mean"
+    z_clip: float = Field(default=20.0, gt=0.0)
+    max_fit_rows: int = Field(default=50_000, ge=2)
+    mcd_max_rows: int = Field(default=3_000, ge=2)
+    grid: dict[GridKey, list[float | int | str]] = Field(default_factory=dict)
+
+    def estimator_params(self) -> dict[str, object]:
+        """Constructor keyword arguments of ``EnsembleDetector`` (everything but the grid)."""
+        return self.model_dump(exclude={"grid"})
 
 
 class TrainConfig(StrictModel):
-    candidates: list[Literal["baseline", "custom"]] = Field(default_factory=lambda: ["baseline", "custom"])
+    """``train:`` block — candidates, cross-validation and the operating point (see training.py)."""
+
+    candidates: list[Literal["baseline", "custom"]] = Field(
+        default_factory=lambda: ["baseline", "custom"], min_length=1
+    )
     seed: int = 0
-    cv_folds: PositiveInt = 5
-    #: Most false alarms per asset per day that operators accept; sets the alert threshold.
+    #: Time-ordered, expanding-window folds over train+validation (the holdout is never touched).
+    cv_folds: int = Field(default=5, ge=5)
+    #: Share of train+validation (in time order) that the first fold trains on; the folds' test
+    #: blocks split the rest. Never less than the official training part when ``data.train_rows`` is set.
+    cv_min_train_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: Fit detectors on normal rows only ("fit on normal"): labelled anomalies are left out of fitting.
+    fit_on_normal: bool = True
+    #: Most false alarms (alert episodes overlapping no labelled anomaly) per asset per day that
+    #: operators accept; sets the alert threshold on the validation period.
     alert_budget: float = Field(default=1.0, gt=0.0)
-    #: Review band = scores in [threshold * (1 - review_band), threshold) go to a person.
-    review_band: float = Field(default=0.15, ge=0.0, lt=1.0)
+    #: Share of normal validation readings sent to review just below the alert threshold (queue load).
+    review_band: float = Field(default=0.005, ge=0.0, lt=1.0)
+    #: The custom model's hyperparameters (and the tiny CV grid), see ``ModelConfig``.
+    model: ModelConfig = ModelConfig()
 
 
 class GatesConfig(StrictModel):
+    """``gates:`` block — what a candidate must reach before it may be promoted (see gating.py)."""
+
+    #: Floors on the chosen candidate's holdout metrics.
     min_pr_auc: float = Field(default=0.3, ge=0.0, le=1.0)
     min_event_recall: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Ceiling on holdout false alarms per asset-day (the alert budget plus the slack tolerated).
     max_false_alarms_per_asset_day: float = Field(default=2.0, gt=0.0)
+    #: Floor on the lower end of the CV PR-AUC interval, ceiling on its fold-to-fold std.
     min_cv_ci_low: float = Field(default=0.2, ge=0.0, le=1.0)
     max_cv_std: float = Field(default=0.2, ge=0.0)
+    #: Confidence level of the CV t-interval and of the bootstrap interval.
+    ci_level: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: Candidate vs production on the frozen holdout: lower end of the PR-AUC difference >= -tolerance.
     non_inferiority_tolerance: float = Field(default=0.02, ge=0.0)
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    #: Contiguous blocks the holdout is cut into for the (moving-block) bootstrap.
+    bootstrap_blocks: int = Field(default=40, ge=5)
+    #: The custom model is chosen only if its holdout PR-AUC beats the baseline's by this much.
     min_gain_over_baseline: float = Field(default=0.02)
 
 
 class ScaleConfig(StrictModel):
     """Where CV folds and candidate fits run: a Dask scheduler address, or local when unset."""
 
+    #: ``tcp://host:port`` of a running Dask scheduler; ``$PLANTWATCH_DASK_ADDRESS`` overrides it.
     dask_address: str | None = None
+    #: Local processes for folds/candidates when no cluster is named (1 = serial, in-process).
     local_workers: PositiveInt = 2

@@ -1,0 +1,1 @@
+"""BentoML services: thin wiring over ``plantwatch`` (src never imports this package)."""

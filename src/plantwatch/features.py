@@ -1,0 +1,503 @@
+"""Feature engineering for the anomaly detector, and the time-ordered train/validation/holdout split.
+
+``FeatureBuilder`` turns canonical telemetry rows into one numeric feature row per reading. Every
+feature is *causal* (it only uses the current and earlier readings of the same asset) because the
+service scores streaming windows: a feature that peeked at the future would look better offline than
+it can ever be in production. Per-asset baselines (median / IQR) are learned in ``fit`` only, so the
+same physical reading means "normal" on one pump and "hot" on another; assets never seen in training
+fall back to the fleet-wide baseline.
+
+``time_split`` cuts a canonical frame by time: the holdout is always the most recent period and no
+row lands in two parts, so the holdout measures how the model does on the future it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.covariance import LedoitWolf
+from sklearn.utils.validation import check_is_fitted
+
+from plantwatch import schema
+from plantwatch.config.train import FeaturesConfig, SplitConfig
+from plantwatch.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: IQR of a standard normal distribution: dividing an IQR by it gives a sigma-like robust scale.
+IQR_TO_SIGMA = 1.349
+#: Every feature kind that ``FeatureBuilder`` can emit, per sensor (rolling stats come from ``stats``).
+PER_SENSOR_KINDS = ("dev", "roc", "resid", "stuck", "missing")
+ROLLING_STATS = ("mean", "std", "min", "max", "slope")
+
+
+# ---------------------------------------------------------------------------------------------------
+# small vectorised helpers (sorted-by-asset arrays; ``starts`` marks the first row of each asset)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _segment_starts(codes: np.ndarray) -> np.ndarray:
+    """Boolean mask of rows that begin a new asset segment in an asset-sorted array."""
+    starts = np.ones(len(codes), dtype=bool)
+    if len(codes) > 1:
+        starts[1:] = codes[1:] != codes[:-1]
+    return starts
+
+
+def _position_in_segment(starts: np.ndarray) -> np.ndarray:
+    """0-based position of each row inside its asset segment."""
+    idx = np.arange(len(starts))
+    first = np.maximum.accumulate(np.where(starts, idx, 0))
+    return idx - first
+
+
+def _diff_in_segment(z: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row-to-row change per asset; the first reading of an asset has no predecessor and gets 0."""
+    d = np.zeros_like(z)
+    d[1:] = z[1:] - z[:-1]
+    d[starts] = 0.0
+    return d
+
+
+def _run_length(raw: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """How many consecutive earlier readings of the same asset had exactly the current value.
+
+    0 when the value just changed (or is missing); k after k repeats. Vectorised with a running
+    maximum of "last change" positions, so it is O(n) without a Python loop over rows.
+    """
+    n = raw.shape[0]
+    same = np.zeros(raw.shape, dtype=bool)
+    if n > 1:
+        same[1:] = raw[1:] == raw[:-1]  # NaN != NaN, so missing values never count as stuck
+    same[starts] = False
+    idx = np.arange(n)[:, None]
+    last_change = np.maximum.accumulate(np.where(same, 0, idx), axis=0)
+    return (idx - last_change).astype(np.float64)
+
+
+def _rolling_stats(
+    z: np.ndarray, codes: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Trailing (causal) rolling statistics per asset with ``min_periods=1``.
+
+    ``groupby(asset).rolling`` keeps each asset's window inside its own rows; the input is sorted by
+    asset so the result comes back in the same row order. The slope is the least-squares slope of the
+    readings against their position (per reading), from rolling means: cov(i, z) / var(i), where the
+    variance of ``n`` consecutive integers is (n² - 1) / 12.
+    """
+    cols = list(range(z.shape[1]))
+    frame = pd.DataFrame(z, columns=cols)
+    grouped = frame.groupby(codes, sort=False)
+    roll = grouped.rolling(window, min_periods=1)
+    out: dict[str, np.ndarray] = {}
+    mean = roll.mean().to_numpy()
+    if "mean" in stats:
+        out["mean"] = mean
+    if "std" in stats:
+        out["std"] = np.nan_to_num(roll.std(ddof=0).to_numpy(), nan=0.0)
+    if "min" in stats:
+        out["min"] = roll.min().to_numpy()
+    if "max" in stats:
+        out["max"] = roll.max().to_numpy()
+    if "slope" in stats:
+        n = np.minimum(pos + 1, window).astype(np.float64)[:, None]
+        ipos = pos.astype(np.float64)
+        iz = pd.DataFrame(z * ipos[:, None], columns=cols).groupby(codes, sort=False)
+        mean_iz = iz.rolling(window, min_periods=1).mean().to_numpy()
+        mean_i = ipos[:, None] - (n - 1.0) / 2.0  # mean of the n consecutive positions ending here
+        var_i = (n * n - 1.0) / 12.0
+        cov = mean_iz - mean_i * mean
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(var_i > 0, cov / var_i, 0.0)
+        out["slope"] = slope
+    return out
+
+
+def frame_sha256(df: pd.DataFrame) -> str:
+    """sha256 over a frame's canonical bytes: column names, dtypes and values in row order.
+
+    Independent of the index and of pandas' pickling format, so the same rows always give the same
+    digest (the holdout's fingerprint in ``split.json`` and the model card).
+    """
+    h = hashlib.sha256()
+    h.update(str(len(df)).encode())
+    for col in df.columns:
+        s = df[col]
+        h.update(f"\x1f{col}\x1e{s.dtype}\x1e".encode())
+        if pd.api.types.is_datetime64_any_dtype(s):
+            h.update(s.to_numpy(dtype="datetime64[ns]").astype(np.int64).tobytes())
+        elif pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            h.update(np.ascontiguousarray(s.to_numpy()).tobytes())
+        else:
+            h.update("\x00".join(s.astype(str).tolist()).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# FeatureBuilder
+# ---------------------------------------------------------------------------------------------------
+
+
+class FeatureBuilder(TransformerMixin, BaseEstimator):
+    """Canonical telemetry rows -> engineered, per-asset-normalised, causal features.
+
+    Per sensor ``s`` (all in units of the asset's robust scale, so assets are comparable):
+
+    * ``s__dev``      (x - asset median) / asset scale — deviation from the asset's own baseline
+    * ``s__roc``      change since the asset's previous reading (rate of change)
+    * ``s__<stat>_<w>`` trailing rolling mean/std/min/max/slope of ``dev`` over ``w`` readings
+    * ``s__resid``    cross-sensor residual: actual - prediction from the other sensors (robust linear
+                      regression learned in ``fit``), in units of its own residual sigma
+    * ``s__stuck``    length of the current run of identical readings, divided by ``stuck_cap``
+    * ``s__missing``  1 when the reading was missing (it is then imputed with the asset median)
+
+    With ``raw=True`` the output is just the (imputed) sensor columns: the input the off-the-shelf
+    baseline detector sees, behind the same interface so the bundle treats both candidates alike.
+
+    Parameters mirror ``FeaturesConfig``; ``from_config`` builds one from the params block.
+    """
+
+    def __init__(
+        self,
+        sensors: Sequence[str] | None = None,
+        windows: Sequence[int] = (5, 30),
+        stats: Sequence[str] = ROLLING_STATS,
+        residuals: bool = True,
+        stuck_cap: int = 30,
+        min_scale: float = 1e-3,
+        max_fit_rows: int = 200_000,
+        default_asset: str = "asset-0",
+        raw: bool = False,
+        random_state: int | None = 0,
+    ) -> None:
+        self.sensors = sensors
+        self.windows = windows
+        self.stats = stats
+        self.residuals = residuals
+        self.stuck_cap = stuck_cap
+        self.min_scale = min_scale
+        self.max_fit_rows = max_fit_rows
+        self.default_asset = default_asset
+        self.raw = raw
+        self.random_state = random_state
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: FeaturesConfig,
+        sensors: Sequence[str],
+        *,
+        default_asset: str = "asset-0",
+        raw: bool = False,
+        random_state: int | None = 0,
+    ) -> FeatureBuilder:
+        """The builder the params describe (``raw=True`` for the baseline candidate)."""
+        return cls(
+            sensors=list(sensors),
+            windows=tuple(cfg.windows),
+            stats=tuple(cfg.stats),
+            residuals=cfg.residuals,
+            stuck_cap=cfg.stuck_cap,
+            min_scale=cfg.min_scale,
+            max_fit_rows=cfg.max_fit_rows,
+            default_asset=default_asset,
+            raw=raw,
+            random_state=random_state,
+        )
+
+    # -- input handling -----------------------------------------------------------------------------
+
+    def _sensor_list(self, df: pd.DataFrame) -> list[str]:
+        if self.sensors is not None:
+            return list(self.sensors)
+        reserved = {schema.TIMESTAMP, schema.ASSET, schema.LABEL, schema.FAULT_KIND, schema.ROW_ID}
+        return [c for c in df.columns if c not in reserved and pd.api.types.is_numeric_dtype(df[c])]
+
+    def _prepare(self, df: pd.DataFrame, sensors: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw sensor matrix, asset labels and the (asset, time) order of the rows."""
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"FeatureBuilder expects a pandas DataFrame, got {type(df).__name__}")
+        missing = [s for s in sensors if s not in df.columns]
+        if missing:
+            raise DataError(f"telemetry frame lacks sensor column(s): {', '.join(missing)}")
+        try:
+            values = df[sensors].to_numpy(dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"sensor columns must be numeric: {err}") from None
+        values[~np.isfinite(values)] = np.nan  # +-inf from a broken sensor is treated like missing
+        if schema.ASSET in df.columns:
+            assets = df[schema.ASSET].astype(str).to_numpy()
+        else:
+            assets = np.full(len(df), self.default_asset, dtype=object)
+        _, codes = np.unique(assets, return_inverse=True)
+        if schema.TIMESTAMP in df.columns:
+            ts = pd.to_datetime(df[schema.TIMESTAMP]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+            order = np.lexsort((np.arange(len(df)), ts, codes))
+        else:
+            order = np.lexsort((np.arange(len(df)), codes))
+        return values, assets, order
+
+    # -- fit ----------------------------------------------------------------------------------------
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> FeatureBuilder:
+        """Learn per-asset and fleet baselines (median, robust scale) and the cross-sensor model.
+
+        Only the rows given here are used: call it on the training part, never on the holdout.
+        """
+        sensors = self._sensor_list(X)
+        if not sensors:
+            raise DataError("FeatureBuilder found no sensor columns to build features from")
+        if len(X) == 0:
+            raise DataError("cannot fit FeatureBuilder on an empty frame")
+        values, assets, _ = self._prepare(X, sensors)
+        self.sensors_ = sensors
+        self.n_features_in_ = len(X.columns)
+        fleet_med, fleet_scale = self._robust_location_scale(values, None)
+        self.fleet_median_ = fleet_med
+        self.fleet_scale_ = fleet_scale
+        self.asset_median_: dict[str, np.ndarray] = {}
+        self.asset_scale_: dict[str, np.ndarray] = {}
+        frame = pd.DataFrame(values, columns=sensors)
+        for asset, idx in frame.groupby(assets, sort=True).indices.items():
+            med, scale = self._robust_location_scale(values[idx], fleet_scale)
+            # a sensor never seen on this asset falls back to the fleet baseline, sensor by sensor
+            self.asset_median_[str(asset)] = np.where(np.isnan(med), fleet_med, med)
+            self.asset_scale_[str(asset)] = np.where(np.isnan(scale), fleet_scale, scale)
+        self.window_ = int(max([*self.windows, self.stuck_cap, 2]))
+        self._fit_residual_model(values, assets)
+        self.use_residuals_ = bool(self.residuals and len(sensors) >= 2 and not self.raw)
+        self.feature_names_out_, self.feature_sensor_ = self._names(sensors)
+        log.info(
+            "FeatureBuilder fitted: %d sensors, %d assets, %d features, window %d",
+            len(sensors), len(self.asset_median_), len(self.feature_names_out_), self.window_,
+        )
+        return self
+
+    def _robust_location_scale(
+        self, values: np.ndarray, fallback_scale: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Median and IQR-based sigma per column; a degenerate (constant) column gets a floor.
+
+        The floor is ``min_scale`` times the fleet's scale (or times 1 for the fleet itself): a sensor
+        that never moved in training still gets a finite scale, so a later change is large but finite.
+        """
+        with warnings.catch_warnings():
+            # an all-NaN column (sensor never reported) gives NaN here; the caller falls back
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q1, med, q3 = np.nanpercentile(values, [25, 50, 75], axis=0)
+            std = np.nanstd(values, axis=0)
+        scale = (q3 - q1) / IQR_TO_SIGMA
+        # discrete sensors can have IQR 0 while still moving: fall back to the std before the floor
+        scale = np.where(scale > 0, scale, std)
+        if fallback_scale is None:
+            floor = np.full_like(scale, 1.0)
+            floor = np.where(np.isnan(scale) | (scale <= 0), 1.0, floor)
+            scale = np.where(np.isnan(scale) | (scale <= 0), 1.0, scale)
+        else:
+            floor = self.min_scale * fallback_scale
+            scale = np.where(np.isnan(scale), np.nan, np.maximum(scale, floor))
+        return med, scale
+
+    def _baseline_rows(self, assets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row median and scale; unknown assets get the fleet baseline."""
+        uniq, inv = np.unique(assets, return_inverse=True)
+        med_tab = np.vstack([self.asset_median_.get(str(a), self.fleet_median_) for a in uniq])
+        scale_tab = np.vstack([self.asset_scale_.get(str(a), self.fleet_scale_) for a in uniq])
+        unknown = [str(a) for a in uniq if str(a) not in self.asset_median_]
+        if unknown:
+            log.info("assets without a learned baseline use the fleet baseline: %s", ", ".join(unknown[:5]))
+        return med_tab[inv], scale_tab[inv]
+
+    def _fit_residual_model(self, values: np.ndarray, assets: np.ndarray) -> None:
+        """Cross-sensor linear model on baseline-normalised readings, via a robust precision matrix.
+
+        Regressing each sensor on all the others is the same as reading off the inverse covariance
+        P: residual_j = (P (z - mu))_j / P_jj, with residual sigma 1 / sqrt(P_jj). The covariance is
+        estimated on winsorised z (robust to the odd spike) with Ledoit-Wolf shrinkage (stable even
+        for 40 collinear sensors), on at most ``max_fit_rows`` sampled rows. One matrix product then
+        gives all residuals at once.
+        """
+        n_sensors = values.shape[1]
+        self.resid_mean_ = np.zeros(n_sensors)
+        self.resid_precision_ = np.eye(n_sensors)
+        if not (self.residuals and n_sensors >= 2 and not self.raw):
+            return
+        med, scale = self._baseline_rows(assets)
+        z = (np.where(np.isnan(values), med, values) - med) / scale
+        rng = np.random.default_rng(self.random_state)
+        if len(z) > self.max_fit_rows:
+            z = z[rng.choice(len(z), self.max_fit_rows, replace=False)]
+        lo, hi = np.percentile(z, [1, 99], axis=0)
+        zc = np.clip(z, lo, hi)
+        lw = LedoitWolf().fit(zc)
+        self.resid_mean_ = lw.location_
+        self.resid_precision_ = lw.precision_
+
+    def _names(self, sensors: list[str]) -> tuple[list[str], dict[str, str | None]]:
+        names: list[str] = []
+        if self.raw:
+            names = list(sensors)
+            return names, {s: s for s in sensors}
+        for s in sensors:
+            names += [f"{s}__dev", f"{s}__roc"]
+            for w in self.windows:
+                names += [f"{s}__{stat}_{w}" for stat in self.stats]
+            if self.use_residuals_:
+                names.append(f"{s}__resid")
+            names += [f"{s}__stuck", f"{s}__missing"]
+        mapping: dict[str, str | None] = {n: n.split("__", 1)[0] for n in names}
+        return names, mapping
+
+    # -- transform ----------------------------------------------------------------------------------
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        check_is_fitted(self, "feature_names_out_")
+        return np.asarray(self.feature_names_out_, dtype=object)
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Features for every input row, in the input's order and index (float32 to halve memory).
+
+        Rows are processed per asset in time order; a frame shorter than ``window_`` still works
+        (windows use whatever history is there). Missing readings are imputed with the asset median.
+        """
+        check_is_fitted(self, "feature_names_out_")
+        values, assets, order = self._prepare(X, self.sensors_)
+        n, n_s = values.shape
+        med, scale = self._baseline_rows(assets)
+        missing = np.isnan(values)
+        imputed = np.where(missing, med, values)
+        if self.raw:
+            return pd.DataFrame(imputed, index=X.index, columns=self.feature_names_out_)
+
+        v_sorted = values[order]
+        z = ((imputed - med) / scale)[order]
+        _, codes = np.unique(assets[order], return_inverse=True)
+        starts = _segment_starts(codes)
+        pos = _position_in_segment(starts)
+
+        blocks: dict[str, np.ndarray] = {"dev": z, "roc": _diff_in_segment(z, starts)}
+        for w in self.windows:
+            for stat, arr in _rolling_stats(z, codes, pos, int(w), self.stats).items():
+                blocks[f"{stat}_{w}"] = arr
+        if self.use_residuals_:
+            blocks["resid"] = self._residuals(z)
+        blocks["stuck"] = np.minimum(_run_length(v_sorted, starts), self.stuck_cap) / self.stuck_cap
+        blocks["missing"] = missing[order].astype(np.float64)
+
+        out = np.empty((n, len(self.feature_names_out_)), dtype=np.float32)
+        col_of = {name: i for i, name in enumerate(self.feature_names_out_)}
+        for kind, arr in blocks.items():
+            for j, s in enumerate(self.sensors_):
+                out[order, col_of[f"{s}__{kind}"]] = arr[:, j]
+        return pd.DataFrame(out, index=X.index, columns=self.feature_names_out_)
+
+    def _residuals(self, z: np.ndarray) -> np.ndarray:
+        """Standardised cross-sensor residuals of every sensor (see ``_fit_residual_model``)."""
+        p = self.resid_precision_
+        return ((z - self.resid_mean_) @ p) / np.sqrt(np.diag(p))
+
+
+# ---------------------------------------------------------------------------------------------------
+# time_split
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train / validation / holdout parts of a canonical frame, cut by time.
+
+    ``validation_start`` / ``holdout_start`` are the first timestamps of those parts;
+    ``holdout_sha256`` fingerprints the holdout (``frame_sha256``) so later stages can prove they
+    evaluated on exactly these rows and that training never saw them.
+    """
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    holdout: pd.DataFrame
+    validation_start: pd.Timestamp
+    holdout_start: pd.Timestamp
+    holdout_sha256: str
+    train_rows: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def boundaries(self) -> dict[str, object]:
+        """JSON-ready summary for ``data/processed/split.json``."""
+        return {
+            "validation_start": self.validation_start.isoformat(),
+            "holdout_start": self.holdout_start.isoformat(),
+            "holdout_sha256": self.holdout_sha256,
+            "train_rows": self.train_rows,
+            "rows": dict(self.counts),
+        }
+
+
+def _cut_by_time(ts: pd.Series, fraction_from_end: float) -> pd.Timestamp:
+    """The timestamp where the last ``fraction_from_end`` of the rows (in time order) begins."""
+    sorted_ts = np.sort(ts.to_numpy(dtype="datetime64[ns]"))
+    k = int(np.floor(len(sorted_ts) * (1.0 - fraction_from_end)))
+    k = min(max(k, 1), len(sorted_ts) - 1)
+    return pd.Timestamp(sorted_ts[k])
+
+
+def time_split(df: pd.DataFrame, split: SplitConfig, *, train_rows: int | None = None) -> Split:
+    """Cut a canonical frame into train / validation / holdout by time; no row is in two parts.
+
+    Without ``train_rows``: the holdout is the most recent ``holdout_fraction`` of the rows (by
+    timestamp, across all assets — one cut time for the whole fleet), validation the
+    ``validation_fraction`` before it, train everything earlier. A timestamp is never split between
+    two parts, so the parts are ordered in time.
+
+    With ``train_rows`` (benchmark data whose first rows are the official, unlabelled training part):
+    train = those rows; the labelled rest is shared between validation and holdout in the ratio
+    ``validation_fraction : holdout_fraction`` (both rescaled to that part), holdout last. Keeping all of
+    the labelled part for evaluation matters because it is small and its anomalies are few.
+    """
+    if schema.TIMESTAMP not in df.columns:
+        raise DataError(f"time_split needs a '{schema.TIMESTAMP}' column")
+    if len(df) < 3:
+        raise DataError(f"time_split needs at least 3 rows, got {len(df)}")
+    ts = pd.to_datetime(df[schema.TIMESTAMP])
+    if train_rows is not None:
+        if not 0 < train_rows < len(df) - 1:
+            raise DataError(f"data.train_rows={train_rows} leaves no labelled rows in a {len(df)}-row frame")
+        train = df.iloc[:train_rows]
+        rest = df.iloc[train_rows:]
+        share = split.holdout_fraction / (split.validation_fraction + split.holdout_fraction)
+        holdout_start = _cut_by_time(ts.iloc[train_rows:], share)
+        rest_ts = ts.iloc[train_rows:]
+        validation = rest[(rest_ts < holdout_start).to_numpy()]
+        holdout = rest[(rest_ts >= holdout_start).to_numpy()]
+        validation_start = pd.Timestamp(rest_ts.min())
+    else:
+        if split.validation_fraction + split.holdout_fraction >= 1.0:
+            raise DataError("split.validation_fraction + split.holdout_fraction must leave rows for training")
+        holdout_start = _cut_by_time(ts, split.holdout_fraction)
+        validation_start = _cut_by_time(ts, split.holdout_fraction + split.validation_fraction)
+        t = ts.to_numpy()
+        train = df[t < validation_start.to_datetime64()]
+        validation = df[(t >= validation_start.to_datetime64()) & (t < holdout_start.to_datetime64())]
+        holdout = df[t >= holdout_start.to_datetime64()]
+    for name, part in (("train", train), ("validation", validation), ("holdout", holdout)):
+        if part.empty:
+            raise DataError(f"time_split left the {name} part empty ({len(df)} rows); use more data")
+    holdout = holdout.sort_values([c for c in (schema.ASSET, schema.TIMESTAMP) if c in holdout.columns],
+                                  kind="stable")
+    counts = {"train": len(train), "validation": len(validation), "holdout": len(holdout)}
+    log.info("time_split: %s (holdout from %s)", counts, holdout_start)
+    return Split(
+        train=train,
+        validation=validation,
+        holdout=holdout,
+        validation_start=validation_start,
+        holdout_start=holdout_start,
+        holdout_sha256=frame_sha256(holdout.reset_index(drop=True)),
+        train_rows=train_rows,
+        counts=counts,
+    )

@@ -1,0 +1,347 @@
+"""The custom anomaly model (``EnsembleDetector``) and the off-the-shelf baseline (``BaselineDetector``).
+
+Both follow scikit-learn's outlier-detector conventions (``score_samples``/``decision_function``:
+higher = more normal; ``predict``: +1 inlier, -1 outlier) so that sklearn tooling and checks work,
+and both add ``anomaly_score(X)`` in plantwatch's direction (``schema.HIGHER_IS_MORE_ANOMALOUS``:
+higher = more anomalous), which is what the bundle, thresholds and metrics use.
+
+Why an ensemble: faults in telemetry look different. A spike or a drifting sensor is one extreme
+feature (robust z-scores see it), a broken relation between sensors is unusual only jointly
+(robust Mahalanobis distance in a PCA space, plus the PCA reconstruction error), and odd
+combinations in between are what an isolation forest isolates quickly. Each detector's score is
+put on a common scale (a robust z of its own training scores) before they are averaged, so no
+detector dominates just because its raw scores are larger.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from itertools import product
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.covariance import EmpiricalCovariance, MinCovDet
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from plantwatch import schema
+from plantwatch.config.train import ModelConfig
+
+log = logging.getLogger(__name__)
+
+assert schema.HIGHER_IS_MORE_ANOMALOUS, "anomaly_score below is written for 'higher = more anomalous'"
+
+#: IQR of a standard normal: IQR / 1.349 is a sigma-like robust scale.
+IQR_TO_SIGMA = 1.349
+#: Names of the member detectors, in the order of ``detector_weights_``.
+DETECTORS = ("zscore", "iforest", "covariance", "pca_residual")
+
+
+def _tail_scales(a: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and distances from it to the lower / upper ``q`` tail quantile, per column.
+
+    Scaling each side by its own tail distance makes |z| = 1 mean "as extreme as the most extreme
+    (1 - q) of training" for every feature, whatever the shape of its distribution: a heavy-tailed
+    feature (rate of change) no longer outshouts a well-behaved one (level) on ordinary rows.
+    """
+    lo, med, hi = np.percentile(a, [100.0 * (1.0 - q), 50.0, 100.0 * q], axis=0)
+    _, fallback = _robust_center_scale(a)
+    up = np.where(hi - med > 0, hi - med, fallback)
+    down = np.where(med - lo > 0, med - lo, fallback)
+    return med, down, up
+
+
+def _robust_center_scale(a: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Median and IQR-sigma; a zero scale (constant column) becomes the std, then 1."""
+    q1, med, q3 = np.percentile(a, [25, 50, 75], axis=axis)
+    scale = (q3 - q1) / IQR_TO_SIGMA
+    std = np.std(a, axis=axis)
+    scale = np.where(scale > 0, scale, std)
+    scale = np.where(scale > 0, scale, 1.0)
+    return med, scale
+
+
+class EnsembleDetector(OutlierMixin, BaseEstimator):
+    """Ensemble of robust z-scores, an isolation forest and robust covariance on engineered features.
+
+    Parameters
+    ----------
+    contamination : float in (0, 0.5]
+        Share of training rows that ``predict`` calls outliers (sets ``offset_``, like sklearn's).
+    n_estimators, max_samples : isolation forest size (trees, rows per tree).
+    n_components : dimensions of the PCA space used by the robust covariance detector.
+    top_k : the z-score detector averages the ``top_k`` largest |z| of a row (1 = max).
+    w_zscore, w_iforest, w_covariance, w_pca_residual : weights of the member detectors (>= 0).
+    combine : "mean" (weighted mean of normalised scores) or "max" (largest weighted score).
+    z_clip : |z| cap, so one broken feature cannot outvote everything else by orders of magnitude.
+    max_fit_rows : rows sampled (seeded) for the normalisation statistics and the forest.
+    mcd_max_rows : rows sampled for MinCovDet, whose cost grows quickly with rows.
+    random_state : seed for every sampled step (same seed, same data -> same scores).
+    """
+
+    _parameter_constraints: dict = {
+        "contamination": [Interval(Real, 0.0, 0.5, closed="right")],
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "max_samples": [Interval(Integral, 2, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "top_k": [Interval(Integral, 1, None, closed="left")],
+        "w_zscore": [Interval(Real, 0.0, None, closed="left")],
+        "w_iforest": [Interval(Real, 0.0, None, closed="left")],
+        "w_covariance": [Interval(Real, 0.0, None, closed="left")],
+        "w_pca_residual": [Interval(Real, 0.0, None, closed="left")],
+        "combine": [StrOptions({"mean", "max"})],
+        "z_clip": [Interval(Real, 0.0, None, closed="neither")],
+        "tail_quantile": [Interval(Real, 0.5, 1.0, closed="neither")],
+        "max_fit_rows": [Interval(Integral, 2, None, closed="left")],
+        "mcd_max_rows": [Interval(Integral, 2, None, closed="left")],
+        "joint_kinds": [tuple, list, None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        contamination: float = 0.01,
+        n_estimators: int = 100,
+        max_samples: int = 256,
+        n_components: int = 8,
+        top_k: int = 3,
+        w_zscore: float = 1.0,
+        w_iforest: float = 1.0,
+        w_covariance: float = 1.0,
+        w_pca_residual: float = 1.0,
+        combine: str = "mean",
+        z_clip: float = 20.0,
+        tail_quantile: float = 0.99,
+        max_fit_rows: int = 50_000,
+        mcd_max_rows: int = 3_000,
+        joint_kinds: tuple[str, ...] | None = None,
+        random_state: int | None = None,
+    ) -> None:
+        self.contamination = contamination
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.n_components = n_components
+        self.top_k = top_k
+        self.w_zscore = w_zscore
+        self.w_iforest = w_iforest
+        self.w_covariance = w_covariance
+        self.w_pca_residual = w_pca_residual
+        self.combine = combine
+        self.z_clip = z_clip
+        self.tail_quantile = tail_quantile
+        self.max_fit_rows = max_fit_rows
+        self.mcd_max_rows = mcd_max_rows
+        self.joint_kinds = joint_kinds
+        self.random_state = random_state
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, random_state: int | None = 0) -> EnsembleDetector:
+        """The detector the ``train.model`` params describe (the grid is not applied here)."""
+        return cls(random_state=random_state, **cfg.estimator_params())
+
+    # -- fit ----------------------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: object = None) -> EnsembleDetector:
+        """Fit every member detector on (a seeded sample of) X and learn how to normalise its scores."""
+        self._validate_params()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        weights = self._weights()
+        if weights.sum() <= 0:
+            raise ValueError("EnsembleDetector needs at least one detector weight > 0")
+        rng = check_random_state(self.random_state)
+        n, p = X.shape
+        fit_idx = np.sort(rng.choice(n, self.max_fit_rows, replace=False)) if n > self.max_fit_rows else None
+        sample = X if fit_idx is None else X[fit_idx]
+
+        self.center_, self.scale_down_, self.scale_up_ = _tail_scales(
+            np.asarray(sample, dtype=np.float64), self.tail_quantile
+        )
+        z = self._z(sample)
+        seed = rng.randint(np.iinfo(np.int32).max)
+        self.detector_weights_ = weights
+        self.iforest_ = None
+        self.pca_ = None
+        self.covariance_ = None
+        if weights[1] > 0:
+            self.iforest_ = IsolationForest(
+                n_estimators=self.n_estimators,
+                max_samples=min(self.max_samples, len(z)),
+                random_state=seed,
+            ).fit(z)
+        self.joint_columns_ = self._joint_columns(p)
+        if weights[2] > 0 or weights[3] > 0:
+            self._fit_covariance(z[:, self.joint_columns_], rng)
+        raw = self._member_scores(z)
+        self.score_center_ = np.median(raw, axis=0)
+        self.score_scale_ = _robust_center_scale(raw)[1]
+        combined = self._combine(raw)
+        self.offset_ = float(np.percentile(-combined, 100.0 * self.contamination))
+        log.debug("EnsembleDetector fitted on %d rows x %d features (sample %d)", n, p, len(z))
+        return self
+
+    def _joint_columns(self, p: int) -> np.ndarray:
+        """Columns the joint (covariance / PCA) detectors use: features whose name ends in one of
+        ``joint_kinds`` (``FeatureBuilder`` names are ``<sensor>__<kind>``); all without names."""
+        names = getattr(self, "feature_names_in_", None)
+        if self.joint_kinds is None or names is None:
+            return np.arange(p)
+        kinds = tuple(self.joint_kinds)
+        cols = np.array([i for i, n in enumerate(names) if str(n).split("__")[-1] in kinds], dtype=int)
+        return cols if len(cols) else np.arange(p)
+
+    def _weights(self) -> np.ndarray:
+        return np.array([self.w_zscore, self.w_iforest, self.w_covariance, self.w_pca_residual], dtype=float)
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        """Robust per-feature z-scores, clipped to +-z_clip (float32 keeps 1M-row scoring light)."""
+        d = np.asarray(X, dtype=np.float64) - self.center_
+        z = d / np.where(d >= 0, self.scale_up_, self.scale_down_)
+        return np.clip(z, -self.z_clip, self.z_clip).astype(np.float32)
+
+    def _fit_covariance(self, z: np.ndarray, rng: np.random.RandomState) -> None:
+        """PCA on the z space, robust covariance (MinCovDet) of the leading components.
+
+        MinCovDet is fitted on at most ``mcd_max_rows`` rows (its cost grows fast with n); if it
+        cannot find a non-singular subset (constant or collinear data) the plain covariance with a
+        pseudo-inverse is used instead, so fitting never fails on degenerate but valid input.
+        """
+        k = int(min(self.n_components, z.shape[1], max(z.shape[0] - 1, 1)))
+        self.pca_ = PCA(n_components=k, random_state=rng.randint(np.iinfo(np.int32).max)).fit(z)
+        scores = self.pca_.transform(z)
+        if len(scores) > self.mcd_max_rows:
+            scores = scores[rng.choice(len(scores), self.mcd_max_rows, replace=False)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                self.covariance_ = MinCovDet(random_state=rng.randint(np.iinfo(np.int32).max)).fit(scores)
+            except (ValueError, np.linalg.LinAlgError):
+                self.covariance_ = EmpiricalCovariance().fit(scores)
+
+    def _member_scores(self, z: np.ndarray) -> np.ndarray:
+        """Raw member scores (higher = more anomalous), one column per detector; unused ones are 0."""
+        n = z.shape[0]
+        out = np.zeros((n, len(DETECTORS)))
+        absz = np.abs(z)
+        k = min(self.top_k, z.shape[1])
+        out[:, 0] = np.partition(absz, z.shape[1] - k, axis=1)[:, z.shape[1] - k:].mean(axis=1)
+        if self.iforest_ is not None:
+            out[:, 1] = -self.iforest_.score_samples(z)
+        if self.pca_ is not None:
+            zj = z[:, self.joint_columns_]
+            proj = self.pca_.transform(zj)
+            if self.covariance_ is not None:
+                out[:, 2] = np.sqrt(np.maximum(self.covariance_.mahalanobis(proj), 0.0))
+            recon = self.pca_.inverse_transform(proj)
+            out[:, 3] = np.sqrt(((zj - recon) ** 2).mean(axis=1))
+        return out
+
+    def _normalised(self, raw: np.ndarray) -> np.ndarray:
+        return (raw - self.score_center_) / self.score_scale_
+
+    def _combine(self, raw: np.ndarray) -> np.ndarray:
+        norm = self._normalised(raw)
+        w = self.detector_weights_
+        used = w > 0
+        if self.combine == "max":
+            return (norm[:, used] * w[used]).max(axis=1)
+        return norm[:, used] @ w[used] / w[used].sum()
+
+    # -- scores -------------------------------------------------------------------------------------
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """Anomaly score per row: HIGHER = MORE anomalous (``schema.HIGHER_IS_MORE_ANOMALOUS``)."""
+        check_is_fitted(self, "offset_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self._combine(self._member_scores(self._z(X)))
+
+    def score(self, X: Any, y: object = None) -> np.ndarray:
+        """Alias of ``anomaly_score`` (per-row, higher = more anomalous); ``y`` is ignored."""
+        return self.anomaly_score(X)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """sklearn convention: higher = more normal (the negated anomaly score)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples - offset_``: negative for the ``contamination`` most anomalous training rows."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for inliers, -1 for outliers (decision_function < 0)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def member_scores(self, X: Any) -> dict[str, np.ndarray]:
+        """Normalised score of each member detector (for reports and debugging)."""
+        check_is_fitted(self, "offset_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        norm = self._normalised(self._member_scores(self._z(X)))
+        return {name: norm[:, i] for i, name in enumerate(DETECTORS) if self.detector_weights_[i] > 0}
+
+    def feature_contributions(self, X: Any) -> np.ndarray:
+        """How far each feature pushed a row towards "anomalous": its clipped robust |z| (n, features).
+
+        The bundle sums these per source sensor (``FeatureBuilder.feature_sensor_``) to report the
+        sensors behind an alert.
+        """
+        check_is_fitted(self, "offset_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return np.abs(self._z(X)).astype(np.float64)
+
+
+class BaselineDetector(OutlierMixin, BaseEstimator):
+    """The off-the-shelf candidate: scikit-learn's IsolationForest with DEFAULT settings.
+
+    Fed the raw sensor columns (``FeatureBuilder(raw=True)``). Only ``random_state`` is exposed, so
+    the comparison with the custom model is against the library defaults, not a tuned forest.
+    """
+
+    def __init__(self, random_state: int | None = None) -> None:
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: object = None) -> BaselineDetector:
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
+        self.iforest_ = IsolationForest(random_state=self.random_state).fit(X)
+        self.offset_ = float(self.iforest_.offset_)
+        return self
+
+    def _checked(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "iforest_")
+        return validate_data(
+            self, X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan", reset=False
+        )
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """sklearn convention: higher = more normal."""
+        return self.iforest_.score_samples(self._checked(X))
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """Anomaly score per row: HIGHER = MORE anomalous."""
+        return -self.score_samples(X)
+
+    def score(self, X: Any, y: object = None) -> np.ndarray:
+        """Alias of ``anomaly_score`` (per-row); ``y`` is ignored."""
+        return self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def feature_contributions(self, X: Any) -> np.ndarray:
+        """A forest has no per-feature attribution here: zeros, so callers need no special case."""
+        X = self._checked(X)
+        return np.zeros(X.shape, dtype=np.float64)
+
+    def __sklearn_tags__(self):  # noqa: ANN204 - sklearn's Tags type
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
