@@ -39,5 +39,14 @@ bench: install
 serve: install
 	$(BIN)/bentoml serve services.service:Detector --host 127.0.0.1 --port $${PORT:-3000}
 
+dashboards: install
+	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port $${PORT:-8000}
+
+# Prefect server (background, host/port from params orchestrate:, stop: kill -TERM $$(cat .prefect/server.pid))
+# + the train / monitor / retrain-on-drift deployments served in the foreground (Ctrl-C or SIGTERM).
+deploy: install
+	@url=$$($(BIN)/python -m flows.deploy ensure-server) && echo "Prefect UI: $${url%/api}" && \
+	  PREFECT_API_URL=$$url PREFECT_LOGGING_EXTRA_LOGGERS=plantwatch exec $(BIN)/python -m flows.deploy serve
+
 clean:
 	rm -rf data/interim data/processed data/quarantine models metrics plots reports registry monitoring .bentoml gx

@@ -16,6 +16,7 @@ Endpoints (all API calls are POST with a JSON body):
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import bentoml
@@ -32,6 +33,8 @@ SERVE = PARAMS.serve
 #: Built from the data contract's sensors, so OpenAPI lists every sensor and unknown keys are 400.
 ScoreRequest = serving.build_request_model(PARAMS.data.sensor_names, SERVE)
 
+
+logging.getLogger(serving.BENTOML_API_LOGGER).addFilter(serving.ClientErrorLogFilter())
 
 #: The worker's runtime, for the ASGI middlewares (built before the service instance exists).
 _RUNNING: dict[str, serving.ScoringApp] = {}

@@ -25,6 +25,7 @@ import pandas as pd
 
 from plantwatch import schema
 from plantwatch.errors import DataError
+from plantwatch.evaluation import epoch_ns
 from plantwatch.rules import apply_rules, decisions_from_scores
 
 #: Columns ``score_frame`` returns, in order.
@@ -49,7 +50,7 @@ def _time_order(df: pd.DataFrame, codes: np.ndarray) -> np.ndarray:
     """Row positions sorted by (asset, timestamp), stable (ties keep input order)."""
     if schema.TIMESTAMP not in df.columns:
         return np.argsort(codes, kind="stable")
-    ts = pd.to_datetime(df[schema.TIMESTAMP]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ts = epoch_ns(df[schema.TIMESTAMP])
     return np.lexsort((np.arange(len(df)), ts, codes))
 
 

@@ -4,7 +4,9 @@ Conventions, fixed here once and used by threshold setting (``thresholds.py``), 
 
 * Rows are ordered by (asset, timestamp), as in the canonical frame. ``groups`` is the asset column.
 * A *labelled episode* is a maximal run of consecutive ``label == 1`` rows of one asset.
-* An *alert episode* is a maximal run of consecutive alerting rows of one asset.
+* An *alert episode* is a maximal run of alerting rows of one asset, where alerts with at most
+  ``train.episode_gap`` quiet readings between them belong to the same episode (a flickering
+  excursion pages an operator once, not every time the score dips under the threshold for a minute).
 * A *false alarm* is an alert episode that does not overlap any labelled anomalous row. Counting
   episodes rather than rows matches what an operator sees (one page per excursion), and it is the
   quantity the alert budget (max false alarms per asset per day) is stated in.
@@ -53,10 +55,16 @@ def frame_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return labels, frame[ASSET].astype(str).to_numpy(), frame[TIMESTAMP].to_numpy()
 
 
-def runs(flags: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def epoch_ns(timestamps: np.ndarray | pd.Series) -> np.ndarray:
+    """Timestamps as int64 nanoseconds (tz-naive UTC), without pandas' slow per-element parsing path."""
+    return np.asarray(timestamps, dtype="datetime64[ns]").astype(np.int64)
+
+
+def runs(flags: np.ndarray, groups: np.ndarray, max_gap: int = 0) -> np.ndarray:
     """Maximal runs of True per group as an ``(n, 2)`` array of ``[start, end)`` row positions.
 
-    A run never crosses a change of group, so two assets' anomalies are never merged.
+    A run never crosses a change of group, so two assets' anomalies are never merged. Runs of one
+    group separated by at most ``max_gap`` False rows are merged into one (the gap rows included).
     """
     f = np.asarray(flags, dtype=bool)
     if f.size == 0:
@@ -67,6 +75,9 @@ def runs(flags: np.ndarray, groups: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(f & ~continues)
     carries_on = np.r_[f[1:] & same_as_prev[1:], False]
     ends = np.flatnonzero(f & ~carries_on) + 1
+    if max_gap > 0 and starts.size > 1:
+        join = (codes[starts[1:]] == codes[starts[:-1]]) & (starts[1:] - ends[:-1] <= max_gap)
+        starts, ends = starts[np.r_[True, ~join]], ends[np.r_[~join, True]]
     return np.column_stack([starts, ends]).astype(np.int64)
 
 
@@ -81,8 +92,7 @@ def asset_days(groups: np.ndarray, timestamps: np.ndarray) -> float:
 
     Readings × interval (rather than first-to-last span) does not count outages as monitored time.
     """
-    ts = pd.to_datetime(pd.Series(np.asarray(timestamps))).astype("int64") / 1e9
-    frame = pd.DataFrame({"g": np.asarray(groups), "t": ts.to_numpy()})
+    frame = pd.DataFrame({"g": np.asarray(groups), "t": epoch_ns(timestamps) / 1e9})
     steps = frame.groupby("g", sort=False)["t"].diff()
     overall = float(steps.median()) if steps.notna().any() else math.nan
     per_asset = steps.groupby(frame["g"], sort=False).median().fillna(overall)
@@ -91,21 +101,24 @@ def asset_days(groups: np.ndarray, timestamps: np.ndarray) -> float:
     return total / _SECONDS_PER_DAY if math.isfinite(total) else math.nan
 
 
-def false_alarm_count(labels: np.ndarray, alerts: np.ndarray, groups: np.ndarray) -> int:
-    """Alert episodes that overlap no labelled anomalous row."""
-    spans = runs(alerts, groups)
+def false_alarm_count(
+    labels: np.ndarray, alerts: np.ndarray, groups: np.ndarray, episode_gap: int = 0
+) -> int:
+    """Alert episodes (alerts with at most ``episode_gap`` quiet readings between them merged) that
+    overlap no labelled anomalous row."""
+    spans = runs(alerts, groups, episode_gap)
     if len(spans) == 0:
         return 0
     return int(np.sum(_hits(labels, spans) == 0))
 
 
 def false_alarms_per_asset_day(
-    labels: np.ndarray, alerts: np.ndarray, groups: np.ndarray, timestamps: np.ndarray
+    labels: np.ndarray, alerts: np.ndarray, groups: np.ndarray, timestamps: np.ndarray, episode_gap: int = 0
 ) -> float:
     days = asset_days(groups, timestamps)
     if not days or not math.isfinite(days):
         return math.nan
-    return false_alarm_count(labels, alerts, groups) / days
+    return false_alarm_count(labels, alerts, groups, episode_gap) / days
 
 
 def event_recall(labels: np.ndarray, alerts: np.ndarray, groups: np.ndarray) -> float:
@@ -128,7 +141,7 @@ def detection_delays_s(
     inside = nxt < alert_pos.size
     first = np.where(inside, alert_pos[np.minimum(nxt, alert_pos.size - 1)], -1)
     detected = inside & (first < episodes[:, 1])
-    ts = pd.to_datetime(pd.Series(np.asarray(timestamps))).astype("int64").to_numpy()
+    ts = epoch_ns(timestamps)
     return (ts[first[detected]] - ts[episodes[detected, 0]]) / 1e9
 
 
@@ -162,6 +175,7 @@ def score_metrics(
     groups: np.ndarray,
     timestamps: np.ndarray,
     threshold: float,
+    episode_gap: int,
 ) -> dict[str, float]:
     """Every metric in ``METRIC_KEYS`` for one scored period at one operating threshold."""
     y = np.asarray(labels, dtype=int)
@@ -174,7 +188,7 @@ def score_metrics(
         **point_metrics(y, alerts),
         "event_recall": event_recall(y, alerts, groups),
         "detection_delay_s": float(delays.mean()) if delays.size else math.nan,
-        "false_alarms_per_asset_day": false_alarms_per_asset_day(y, alerts, groups, timestamps),
+        "false_alarms_per_asset_day": false_alarms_per_asset_day(y, alerts, groups, timestamps, episode_gap),
     }
     return {k: out[k] for k in METRIC_KEYS}
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.covariance import LedoitWolf
 from sklearn.utils.validation import check_is_fitted
 
 from plantwatch import schema
@@ -33,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: IQR of a standard normal distribution: dividing an IQR by it gives a sigma-like robust scale.
 IQR_TO_SIGMA = 1.349
+#: Ridge term of the cross-sensor regression, relative to the mean diagonal of the Gram matrix:
+#: numerical stabiliser for collinear sensors, far too small to bias a well-posed fit.
+_RIDGE = 1e-4
+_TINY = 1e-12
 #: Every feature kind that ``FeatureBuilder`` can emit, per sensor (rolling stats come from ``stats``).
 PER_SENSOR_KINDS = ("dev", "roc", "resid", "stuck", "missing")
 ROLLING_STATS = ("mean", "std", "min", "max", "slope")
@@ -82,8 +85,26 @@ def _run_length(raw: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return (idx - last_change).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class _SortedRows:
+    """Readings of a frame in (asset, time) order: normalised ``z``, raw values, bookkeeping."""
+
+    z: np.ndarray
+    raw: np.ndarray
+    missing: np.ndarray
+    codes: np.ndarray
+    starts: np.ndarray
+    pos: np.ndarray
+
+
+def _rolling_mean(z: np.ndarray, codes: np.ndarray, window: int) -> np.ndarray:
+    """Trailing per-asset mean over ``window`` readings (``min_periods=1``)."""
+    frame = pd.DataFrame(z)
+    return frame.groupby(codes, sort=False).rolling(window, min_periods=1).mean().to_numpy()
+
+
 def _rolling_stats(
-    z: np.ndarray, codes: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str]
+    z: np.ndarray, codes: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str], mean: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Trailing (causal) rolling statistics per asset with ``min_periods=1``.
 
@@ -97,7 +118,6 @@ def _rolling_stats(
     grouped = frame.groupby(codes, sort=False)
     roll = grouped.rolling(window, min_periods=1)
     out: dict[str, np.ndarray] = {}
-    mean = roll.mean().to_numpy()
     if "mean" in stats:
         out["mean"] = mean
     if "std" in stats:
@@ -256,7 +276,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             raise DataError("FeatureBuilder found no sensor columns to build features from")
         if len(X) == 0:
             raise DataError("cannot fit FeatureBuilder on an empty frame")
-        values, assets, _ = self._prepare(X, sensors)
+        values, assets, order = self._prepare(X, sensors)
         self.sensors_ = sensors
         self.n_features_in_ = len(X.columns)
         fleet_med, fleet_scale = self._robust_location_scale(values, None)
@@ -271,8 +291,10 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             self.asset_median_[str(asset)] = np.where(np.isnan(med), fleet_med, med)
             self.asset_scale_[str(asset)] = np.where(np.isnan(scale), fleet_scale, scale)
         self.window_ = int(max([*self.windows, self.stuck_cap, 2]))
-        self._fit_residual_model(values, assets)
         self.use_residuals_ = bool(self.residuals and len(sensors) >= 2 and not self.raw)
+        if self.use_residuals_:
+            rows = self._sorted_rows(values, assets, order)
+            self._fit_residual_model(rows.z, self._window_means(rows))
         self.feature_names_out_, self.feature_sensor_ = self._names(sensors)
         log.info(
             "FeatureBuilder fitted: %d sensors, %d assets, %d features, window %d",
@@ -305,6 +327,19 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             scale = np.where(np.isnan(scale), np.nan, np.maximum(scale, floor))
         return med, scale
 
+    def _sorted_rows(self, values: np.ndarray, assets: np.ndarray, order: np.ndarray) -> _SortedRows:
+        """Readings in (asset, time) order, imputed and normalised by the asset baseline."""
+        med, scale = self._baseline_rows(assets)
+        missing = np.isnan(values)
+        z = ((np.where(missing, med, values) - med) / scale)[order]
+        _, codes = np.unique(assets[order], return_inverse=True)
+        starts = _segment_starts(codes)
+        return _SortedRows(z=z, raw=values[order], missing=missing[order], codes=codes, starts=starts,
+                           pos=_position_in_segment(starts))
+
+    def _window_means(self, rows: _SortedRows) -> dict[int, np.ndarray]:
+        return {int(w): _rolling_mean(rows.z, rows.codes, int(w)) for w in self.windows}
+
     def _baseline_rows(self, assets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row median and scale; unknown assets get the fleet baseline."""
         uniq, inv = np.unique(assets, return_inverse=True)
@@ -315,30 +350,55 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             log.info("assets without a learned baseline use the fleet baseline: %s", ", ".join(unknown[:5]))
         return med_tab[inv], scale_tab[inv]
 
-    def _fit_residual_model(self, values: np.ndarray, assets: np.ndarray) -> None:
-        """Cross-sensor linear model on baseline-normalised readings, via a robust precision matrix.
+    def _fit_residual_model(self, z: np.ndarray, means: dict[int, np.ndarray]) -> None:
+        """Cross-sensor model: each sensor regressed on the others' current and smoothed readings.
 
-        Regressing each sensor on all the others is the same as reading off the inverse covariance
-        P: residual_j = (P (z - mu))_j / P_jj, with residual sigma 1 / sqrt(P_jj). The covariance is
-        estimated on winsorised z (robust to the odd spike) with Ledoit-Wolf shrinkage (stable even
-        for 40 collinear sensors), on at most ``max_fit_rows`` sampled rows. One matrix product then
-        gives all residuals at once.
+        The smoothed (trailing-mean) readings let the model follow lagged physics, e.g. a
+        temperature that follows load through a thermal time constant. Inputs are the asset-
+        normalised readings winsorised at the training 1st/99th percentiles (robust to spikes, and a
+        broken sensor cannot drag the predictions of the others far), with a small ridge term
+        because sensors are strongly collinear. Residual = actual - predicted, divided by the robust
+        scale of the training residuals. Fitted on at most ``max_fit_rows`` sampled rows.
+
+        All sensors share one regressor matrix F = [z, mean_w1(z), ...]; sensor j uses the columns of
+        F that do not belong to sensor j. So one covariance of F gives every regression, and one
+        matrix product ``F @ coef`` predicts all sensors at transform time.
         """
-        n_sensors = values.shape[1]
-        self.resid_mean_ = np.zeros(n_sensors)
-        self.resid_precision_ = np.eye(n_sensors)
-        if not (self.residuals and n_sensors >= 2 and not self.raw):
-            return
-        med, scale = self._baseline_rows(assets)
-        z = (np.where(np.isnan(values), med, values) - med) / scale
+        n, n_s = z.shape
         rng = np.random.default_rng(self.random_state)
-        if len(z) > self.max_fit_rows:
-            z = z[rng.choice(len(z), self.max_fit_rows, replace=False)]
-        lo, hi = np.percentile(z, [1, 99], axis=0)
-        zc = np.clip(z, lo, hi)
-        lw = LedoitWolf().fit(zc)
-        self.resid_mean_ = lw.location_
-        self.resid_precision_ = lw.precision_
+        idx = rng.choice(n, self.max_fit_rows, replace=False) if n > self.max_fit_rows else np.arange(n)
+        lo, hi = np.percentile(z[idx], [1, 99], axis=0)
+        self.resid_clip_ = np.vstack([lo, hi])
+        f = self._regressors(z[idx], {w: m[idx] for w, m in means.items()})
+        mu = f.mean(axis=0)
+        fc = f - mu
+        cov = fc.T @ fc / len(f)
+        n_cols = f.shape[1]
+        coef = np.zeros((n_cols, n_s))
+        intercept = np.zeros(n_s)
+        for j in range(n_s):
+            keep = np.flatnonzero(np.arange(n_cols) % n_s != j)
+            a = cov[np.ix_(keep, keep)]
+            ridge = _RIDGE * np.trace(a) / len(keep) + _TINY
+            beta = np.linalg.solve(a + ridge * np.eye(len(keep)), cov[keep, j])
+            coef[keep, j] = beta
+            intercept[j] = mu[j] - mu[keep] @ beta
+        self.resid_coef_ = coef
+        self.resid_intercept_ = intercept
+        resid = z[idx] - (f @ coef + intercept)
+        q1, q3 = np.percentile(resid, [25, 75], axis=0)
+        scale = (q3 - q1) / IQR_TO_SIGMA
+        self.resid_scale_ = np.where(scale > 0, scale, np.maximum(resid.std(axis=0), _TINY))
+
+    def _regressors(self, z: np.ndarray, means: dict[int, np.ndarray]) -> np.ndarray:
+        """F = [z, trailing means per window], winsorised at the training percentiles."""
+        lo, hi = self.resid_clip_
+        return np.hstack([np.clip(a, lo, hi) for a in (z, *[means[int(w)] for w in self.windows])])
+
+    def _residuals(self, z: np.ndarray, means: dict[int, np.ndarray]) -> np.ndarray:
+        """Standardised cross-sensor residuals of every sensor (see ``_fit_residual_model``)."""
+        pred = self._regressors(z, means) @ self.resid_coef_ + self.resid_intercept_
+        return (z - pred) / self.resid_scale_
 
     def _names(self, sensors: list[str]) -> tuple[list[str], dict[str, str | None]]:
         names: list[str] = []
@@ -351,6 +411,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
                 names += [f"{s}__{stat}_{w}" for stat in self.stats]
             if self.use_residuals_:
                 names.append(f"{s}__resid")
+                names += [f"{s}__resid_mean_{w}" for w in self.windows]
             names += [f"{s}__stuck", f"{s}__missing"]
         mapping: dict[str, str | None] = {n: n.split("__", 1)[0] for n in names}
         return names, mapping
@@ -369,27 +430,26 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "feature_names_out_")
         values, assets, order = self._prepare(X, self.sensors_)
-        n, n_s = values.shape
-        med, scale = self._baseline_rows(assets)
-        missing = np.isnan(values)
-        imputed = np.where(missing, med, values)
+        n = values.shape[0]
         if self.raw:
+            med, _ = self._baseline_rows(assets)
+            imputed = np.where(np.isnan(values), med, values)
             return pd.DataFrame(imputed, index=X.index, columns=self.feature_names_out_)
 
-        v_sorted = values[order]
-        z = ((imputed - med) / scale)[order]
-        _, codes = np.unique(assets[order], return_inverse=True)
-        starts = _segment_starts(codes)
-        pos = _position_in_segment(starts)
-
-        blocks: dict[str, np.ndarray] = {"dev": z, "roc": _diff_in_segment(z, starts)}
+        rows = self._sorted_rows(values, assets, order)
+        means = self._window_means(rows)
+        z = rows.z
+        blocks: dict[str, np.ndarray] = {"dev": z, "roc": _diff_in_segment(z, rows.starts)}
         for w in self.windows:
-            for stat, arr in _rolling_stats(z, codes, pos, int(w), self.stats).items():
-                blocks[f"{stat}_{w}"] = arr
+            stats = _rolling_stats(z, rows.codes, rows.pos, int(w), self.stats, means[int(w)])
+            blocks.update({f"{stat}_{w}": arr for stat, arr in stats.items()})
         if self.use_residuals_:
-            blocks["resid"] = self._residuals(z)
-        blocks["stuck"] = np.minimum(_run_length(v_sorted, starts), self.stuck_cap) / self.stuck_cap
-        blocks["missing"] = missing[order].astype(np.float64)
+            resid = self._residuals(z, means)
+            blocks["resid"] = resid
+            for w in self.windows:
+                blocks[f"resid_mean_{w}"] = _rolling_mean(resid, rows.codes, int(w))
+        blocks["stuck"] = np.minimum(_run_length(rows.raw, rows.starts), self.stuck_cap) / self.stuck_cap
+        blocks["missing"] = rows.missing.astype(np.float64)
 
         out = np.empty((n, len(self.feature_names_out_)), dtype=np.float32)
         col_of = {name: i for i, name in enumerate(self.feature_names_out_)}
@@ -397,11 +457,6 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             for j, s in enumerate(self.sensors_):
                 out[order, col_of[f"{s}__{kind}"]] = arr[:, j]
         return pd.DataFrame(out, index=X.index, columns=self.feature_names_out_)
-
-    def _residuals(self, z: np.ndarray) -> np.ndarray:
-        """Standardised cross-sensor residuals of every sensor (see ``_fit_residual_model``)."""
-        p = self.resid_precision_
-        return ((z - self.resid_mean_) @ p) / np.sqrt(np.diag(p))
 
 
 # ---------------------------------------------------------------------------------------------------

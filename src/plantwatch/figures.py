@@ -82,7 +82,7 @@ def _alerts(result: Evaluation, holdout: pd.DataFrame, thresholds: dict[str, flo
     lanes = sorted(set(assets))
     fig, axes = plt.subplots(len(names), 1, figsize=(_WIDTH_IN, _ROW_IN * len(names)), squeeze=False,
                              sharex=True)
-    times = pd.to_datetime(pd.Series(ts)).to_numpy()
+    times = np.asarray(ts, dtype="datetime64[ns]")
     lane_of = {a: i for i, a in enumerate(lanes)}
     y = np.array([lane_of[a] for a in assets])
     for ax, name in zip(axes[:, 0], names, strict=True):

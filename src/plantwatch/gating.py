@@ -49,13 +49,16 @@ SCORE_RANGE_QUANTILES = (0.001, 0.999)
 ALERT_BUCKET = "6h"
 
 
-def cv_metrics(cv_scores: pd.DataFrame, candidate: str, level: float) -> tuple[dict[str, Any], list[dict]]:
+def cv_metrics(
+    cv_scores: pd.DataFrame, candidate: str, level: float, episode_gap: int
+) -> tuple[dict[str, Any], list[dict]]:
     """Per-metric CV summary {mean, std, ci_low, ci_high, n} and the per-fold metric rows."""
     part = cv_scores[cv_scores["candidate"] == candidate]
     folds = []
     for fold, rows in part.groupby("fold", sort=True):
         labels, assets, ts = frame_arrays(rows)
-        m = score_metrics(labels, rows["score"].to_numpy(), assets, ts, float(rows["threshold"].iloc[0]))
+        threshold = float(rows["threshold"].iloc[0])
+        m = score_metrics(labels, rows["score"].to_numpy(), assets, ts, threshold, episode_gap)
         folds.append({"fold": int(fold), **m})
     summary = {k: summarize([f[k] for f in folds], level) for k in METRIC_KEYS}
     return summary, folds
@@ -78,15 +81,19 @@ def evaluate_candidates(
     context: pd.DataFrame | None,
     cv_scores: pd.DataFrame,
     gates: GatesConfig,
+    episode_gap: int,
 ) -> Evaluation:
-    """Holdout and CV metrics of every candidate, plus the tables behind the DVC plots."""
+    """Holdout and CV metrics of every candidate, plus the tables behind the DVC plots.
+
+    ``episode_gap``: ``train.episode_gap``, the same alert-episode definition the thresholds were set with.
+    """
     labels, assets, ts = frame_arrays(holdout)
     result = Evaluation(holdout={}, cv={}, cv_folds={}, scores={}, plots={})
     for name, bundle in bundles.items():
         s = bundle.anomaly_score(holdout, context=context)
         result.scores[name] = s
-        result.holdout[name] = score_metrics(labels, s, assets, ts, bundle.threshold_)
-        result.cv[name], result.cv_folds[name] = cv_metrics(cv_scores, name, gates.ci_level)
+        result.holdout[name] = score_metrics(labels, s, assets, ts, bundle.threshold_, episode_gap)
+        result.cv[name], result.cv_folds[name] = cv_metrics(cv_scores, name, gates.ci_level, episode_gap)
         result.plots[f"pr_curve_{name}"] = pr_curve(labels, s, PR_CURVE_POINTS)
         result.plots[f"scores_{name}"] = score_histogram(s, labels)
         result.plots[f"alerts_{name}"] = alert_events(holdout, s >= bundle.threshold_)
@@ -263,7 +270,8 @@ def evaluate_stage(paths: ProjectPaths, params: Params) -> Evaluation:
     cv_path = paths.models / "cv_scores.parquet"
     if not cv_path.is_file():
         raise DataError("models/cv_scores.parquet not found: run `plantwatch train` first")
-    result = evaluate_candidates(bundles, holdout, validation, pd.read_parquet(cv_path), params.gates)
+    result = evaluate_candidates(bundles, holdout, validation, pd.read_parquet(cv_path), params.gates,
+                                 params.train.episode_gap)
     paths.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.metrics / "holdout.json", result.holdout)
     atomic_write_json(paths.metrics / "cv.json", result.cv)

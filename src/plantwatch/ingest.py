@@ -309,6 +309,8 @@ def ingest(data: DataConfig, paths: ProjectPaths) -> tuple[pd.DataFrame, IngestS
         summary.rows[_display(path, paths)] = len(frame)
         frames.append(frame)
 
+    # The drop zone always exists: DVC tracks it as a persistent output of this stage (dvc.yaml).
+    paths.resolve(data.landing_dir).mkdir(parents=True, exist_ok=True)
     interim = paths.resolve(data.interim_path)
     manifest_path = interim.parent / LANDING_MANIFEST
     previous = _load_manifest(manifest_path)

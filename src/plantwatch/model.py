@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
-from itertools import product
 from numbers import Integral, Real
 from typing import Any
 
@@ -121,7 +119,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         tail_quantile: float = 0.99,
         max_fit_rows: int = 50_000,
         mcd_max_rows: int = 3_000,
-        joint_kinds: tuple[str, ...] | None = None,
+        joint_kinds: tuple[str, ...] | None = ("dev",),
         random_state: int | None = None,
     ) -> None:
         self.contamination = contamination
@@ -160,9 +158,9 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         fit_idx = np.sort(rng.choice(n, self.max_fit_rows, replace=False)) if n > self.max_fit_rows else None
         sample = X if fit_idx is None else X[fit_idx]
 
-        self.center_, self.scale_down_, self.scale_up_ = _tail_scales(
-            np.asarray(sample, dtype=np.float64), self.tail_quantile
-        )
+        sample64 = np.asarray(sample, dtype=np.float64)
+        self.center_, self.scale_ = _robust_center_scale(sample64)
+        _, self.tail_down_, self.tail_up_ = _tail_scales(sample64, self.tail_quantile)
         z = self._z(sample)
         seed = rng.randint(np.iinfo(np.int32).max)
         self.detector_weights_ = weights
@@ -201,9 +199,14 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
 
     def _z(self, X: np.ndarray) -> np.ndarray:
         """Robust per-feature z-scores, clipped to +-z_clip (float32 keeps 1M-row scoring light)."""
-        d = np.asarray(X, dtype=np.float64) - self.center_
-        z = d / np.where(d >= 0, self.scale_up_, self.scale_down_)
+        z = (np.asarray(X, dtype=np.float64) - self.center_) / self.scale_
         return np.clip(z, -self.z_clip, self.z_clip).astype(np.float32)
+
+    def _tail_z(self, z: np.ndarray) -> np.ndarray:
+        """|z| in units of each feature's own training tail (see ``_tail_scales``), clipped."""
+        d = z.astype(np.float64) * self.scale_  # back to feature units, relative to the median
+        t = np.abs(d) / np.where(d >= 0, self.tail_up_, self.tail_down_)
+        return np.minimum(t, self.z_clip)
 
     def _fit_covariance(self, z: np.ndarray, rng: np.random.RandomState) -> None:
         """PCA on the z space, robust covariance (MinCovDet) of the leading components.
@@ -229,7 +232,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         """Raw member scores (higher = more anomalous), one column per detector; unused ones are 0."""
         n = z.shape[0]
         out = np.zeros((n, len(DETECTORS)))
-        absz = np.abs(z)
+        absz = self._tail_z(z)
         k = min(self.top_k, z.shape[1])
         out[:, 0] = np.partition(absz, z.shape[1] - k, axis=1)[:, z.shape[1] - k:].mean(axis=1)
         if self.iforest_ is not None:
@@ -293,7 +296,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self, "offset_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return np.abs(self._z(X)).astype(np.float64)
+        return self._tail_z(self._z(X))
 
 
 class BaselineDetector(OutlierMixin, BaseEstimator):

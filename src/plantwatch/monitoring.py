@@ -74,6 +74,9 @@ _REFERENCE_SCORE_COLUMNS = [schema.TIMESTAMP, schema.ASSET, SCORE]
 #: Inference-log columns that identify a logged request (their presence means "inference-log window").
 _LOG_MARKER = "request_id"
 _LOGGED_AT = "logged_at"
+_LOG_EXTRAS = frozenset(
+    {"request_id", "logged_at", "source", "threshold", "row", "rules", "top_sensors", "full_history", "date"}
+)
 _SUFFIXES = (".parquet", ".csv", ".csv.gz")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HASH_CHARS = 8
@@ -197,7 +200,30 @@ def load_batch(path: Path, default_asset: str) -> pd.DataFrame:
         frame = frame.drop_duplicates([schema.ASSET, schema.TIMESTAMP], keep="last")
         if len(frame) < before:
             log.info("%s: %d re-scored readings counted once", path, before - len(frame))
-    return frame.sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
+    # Inference-log extras (rules, top_sensors, request ids ...) are not monitored; list-valued
+    # columns would only slow validation down.
+    keep = [c for c in frame.columns if c not in _LOG_EXTRAS]
+    return frame[keep].sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
+def gx_validator(params: Params, paths: ProjectPaths, batch_id: str) -> Validator:
+    """GX validation of a monitored batch with the project's suite (same code as ``plantwatch validate``).
+
+    Quarantined rows, the validation report and the ledger line are recorded (source ``monitor``);
+    the training input ``clean.parquet`` is never touched. A rejected batch is a ``DataError``: no
+    drift decision is taken on data that breaks the contract.
+    """
+
+    def run(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        from plantwatch.validation import record, validate_frame
+
+        outcome = validate_frame(frame, params.data, params.validate_, batch_id=batch_id)
+        record(outcome, paths, source="monitor", write_clean=False)
+        if not outcome.accepted:
+            raise DataError(outcome.one_line())
+        return outcome.clean, outcome.summary()
+
+    return run
 
 
 def batch_id_for(path: Path) -> str:
@@ -213,7 +239,7 @@ def batch_id_for(path: Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    slug = _UNSAFE.sub("-", name).strip("-") or "batch"
+    slug = _UNSAFE.sub("-", name).strip("-._") or "batch"
     return f"{slug}-{digest.hexdigest()[:_HASH_CHARS]}"
 
 

@@ -25,6 +25,7 @@ import logging
 import math
 import sqlite3
 import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -80,6 +81,8 @@ REVIEWED_LABEL_COLUMNS = [TIMESTAMP, ASSET, LABEL, REVIEWER, LABELLED_AT, REVIEW
 SCHEMA_VERSION = 1
 
 _MS_PER_S = 1000.0
+#: Pause between attempts to switch a brand-new store to WAL while another process holds it.
+_WAL_RETRY_S = 0.01
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ class MergeSummary:
 
 
 @dataclass(frozen=True)
-class _ItemFacts:
+class ItemFacts:
     """The columns :func:`summarize_reviews` needs from one item."""
 
     decision: str
@@ -428,7 +431,7 @@ def _seconds_between(start: str, end: str) -> float:
 
 
 def summarize_reviews(
-    items: Sequence[_ItemFacts], history_rows: int, scored_readings: int | None = None
+    items: Sequence[ItemFacts], history_rows: int, scored_readings: int | None = None
 ) -> ReviewStats:
     """Queue statistics from per-item facts (pure: the queue reads the rows, this does the sums)."""
     labelled = [i for i in items if i.status == STATUS_LABELLED]
@@ -686,11 +689,30 @@ class ReviewQueue:
             now = now.replace(tzinfo=UTC)
         return now.astimezone(UTC).isoformat(timespec="microseconds")
 
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """Set WAL mode, retrying while another process does the same on a brand-new file.
+
+        The switch needs an exclusive lock and SQLite may answer SQLITE_BUSY at once instead of
+        calling the busy handler, so two processes creating the store together need this loop.
+        Once the file is in WAL mode the pragma is a no-op read and never conflicts.
+        """
+        deadline = time.monotonic() + self.config.busy_timeout_ms / _MS_PER_S
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() > deadline:
+                    raise
+                time.sleep(_WAL_RETRY_S)
+
     def _init_schema(self) -> None:
         """Create or upgrade the tables; idempotent and safe when several processes start together."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ReviewError(f"review queue {self.path}: cannot create folder ({err.strerror})") from None
         with self._connect() as conn:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise ReviewError(f"review queue {self.path}: cannot switch to WAL mode (got {mode})")
         with self._write() as conn:
@@ -916,7 +938,7 @@ class ReviewQueue:
             history_rows = conn.execute("SELECT COUNT(*) FROM review_verdicts").fetchone()[0]
             conn.execute("COMMIT")
         facts = [
-            _ItemFacts(r["decision"], r["origin"], r["status"], r["verdict"], r["created"], r["first_at"])
+            ItemFacts(r["decision"], r["origin"], r["status"], r["verdict"], r["created"], r["first_at"])
             for r in rows
         ]
         return summarize_reviews(facts, int(history_rows), scored_readings)

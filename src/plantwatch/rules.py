@@ -107,7 +107,7 @@ def apply_rules(
     # whole-row silencing: the asset is suppressed, or under planned maintenance
     silence = [("suppressed:asset", np.isin(assets, list(rules.get("suppress_assets", []))))]
     if rules.get("maintenance"):
-        ts = pd.to_datetime(df[schema.TIMESTAMP]).to_numpy(dtype="datetime64[ns]")
+        ts = np.asarray(df[schema.TIMESTAMP], dtype="datetime64[ns]")
         in_window = np.zeros(n, dtype=bool)
         for w in rules["maintenance"]:
             start = np.datetime64(pd.Timestamp(w["start"]).to_datetime64(), "ns")

@@ -120,6 +120,40 @@ def score_readings(bundle: Any, frame: pd.DataFrame) -> pd.DataFrame:
     return result
 
 
+def probe_frame(bundle: Any, readings: int = 2) -> pd.DataFrame:
+    """A few consecutive, plausible readings of the bundle's first asset (mid-range of each
+    sensor's physical limits from the bundle's own rules; 0.0 where a sensor has none)."""
+    limits = (getattr(bundle, "rules", None) or {}).get("limits", {})
+
+    def mid(sensor: str) -> float:
+        lo, hi = (list(limits.get(sensor) or []) + [None, None])[:2]
+        if lo is not None and hi is not None:
+            return (float(lo) + float(hi)) / 2
+        return float(lo if lo is not None else hi if hi is not None else 0.0)
+
+    ts = pd.date_range("2024-01-01", periods=readings, freq="min")
+    frame = pd.DataFrame({schema.TIMESTAMP: ts, schema.ASSET: [str(bundle.assets[0])] * readings})
+    for s in bundle.sensors:
+        frame[s] = mid(s)
+    return frame
+
+
+def smoke_test(bundle: Any) -> None:
+    """Refuse a bundle that cannot score: run it on a probe before it is served.
+
+    A hash-verified artifact can still fail at scoring time, e.g. when it was pickled by a different
+    version of the feature code; better to keep serving the previous model than to answer 500s.
+    """
+    try:
+        scored = score_readings(bundle, probe_frame(bundle))
+    except ScoringFailed:
+        raise
+    except Exception as err:
+        raise ScoringFailed(f"model cannot score a probe reading ({type(err).__name__}: {err})") from None
+    if len(scored) != 2:
+        raise ScoringFailed("model returned the wrong number of results for a probe")
+
+
 def review_candidates(
     log_rows: pd.DataFrame, *, sensors: Sequence[str], decisions: Iterable[str], source_file: str | None
 ) -> list[Any]:

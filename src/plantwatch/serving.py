@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 import pydantic_core
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from plantwatch import inference_log, schema, scoring
 from plantwatch.config import ServeConfig
@@ -144,25 +144,17 @@ def build_reading_model(
 def build_request_model(sensors: Sequence[str], cfg: ServeConfig) -> type[BaseModel]:
     """``{"readings": [Reading, ...]}`` with 1..``max_readings`` readings, nothing else."""
     reading = build_reading_model(sensors, cfg.max_asset_chars, cfg.max_abs_value)
-    model = create_model(
-        "ScoreRequest",
-        __config__=STRICT,
-        readings=(
-            Annotated[
-                list[reading],  # type: ignore[valid-type]
-                Field(
-                    min_length=1,
-                    max_length=cfg.max_readings,
-                    description=(
-                        "Consecutive readings per asset, oldest first per asset. Rolling features "
-                        "need the model's `window` readings of history per asset (POST /model): "
-                        "earlier readings are still scored, with `full_history: false`."
-                    ),
-                ),
-            ],
-            ...,
+    readings: Any = list[reading]  # type: ignore[valid-type]
+    field = Field(
+        min_length=1,
+        max_length=cfg.max_readings,
+        description=(
+            "Consecutive readings per asset, oldest first per asset. Rolling features need the "
+            "model's `window` readings of history per asset (POST /model): earlier readings are "
+            "still scored, with `full_history: false`."
         ),
     )
+    model = create_model("ScoreRequest", __config__=STRICT, readings=(readings, field))
     model.__doc__ = "A window of readings to score."
     return model
 
@@ -302,6 +294,31 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     scheme, _, token = headers.get(TOKEN_HEADER, "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == TOKEN_SCHEME and token else None
+
+
+# --------------------------------------------------------------------------------------------
+# Logging: a client's bad input is not a server error
+# --------------------------------------------------------------------------------------------
+
+#: The logger BentoML reports every failed API call on, client errors included, with a traceback.
+BENTOML_API_LOGGER = "bentoml._internal.server.http_app"
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """Turn BentoML's ERROR + traceback for a request that failed validation into one INFO line.
+
+    Otherwise every malformed request (a fuzzer, a buggy client, an attacker) writes a full stack
+    trace at ERROR level, which buries real faults and fills disks. Real failures are untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg = "%s rejected: %d validation error(s)"
+            record.args = (" ".join(str(a) for a in (record.args or ())), exc.error_count())
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +544,8 @@ class ModelHolder:
 
 
 def check_compatible(sensors: Sequence[str]) -> Callable[[Any], None]:
-    """A bundle must score exactly the contract's sensors: the request schema is built from them."""
+    """Before a bundle is served: it must score exactly the contract's sensors (the request schema
+    is built from them) and must actually score (``scoring.smoke_test`` on a probe reading)."""
     expected = set(sensors)
 
     def check(bundle: Any) -> None:
@@ -536,6 +554,9 @@ def check_compatible(sensors: Sequence[str]) -> Callable[[Any], None]:
             raise PlantwatchError(
                 f"model sensors {sorted(got)} differ from the data contract {sorted(expected)}"
             )
+        if not list(getattr(bundle, "assets", [])):
+            raise PlantwatchError("model lists no assets")
+        scoring.smoke_test(bundle)
 
     return check
 

@@ -46,6 +46,7 @@ def alert_threshold(
     groups: np.ndarray,
     timestamps: np.ndarray,
     budget: float,
+    episode_gap: int = 0,
     n_candidates: int = THRESHOLD_CANDIDATES,
 ) -> tuple[float, float]:
     """Lowest threshold whose false alarms per asset-day stay within ``budget``; returns (t, rate).
@@ -62,9 +63,9 @@ def alert_threshold(
     if not np.isfinite(days) or days <= 0:
         raise ValueError("threshold calibration needs at least two readings of one asset")
     best = float(np.nextafter(normal.max(), np.inf))
-    best_rate = false_alarm_count(y, s >= best, groups) / days
+    best_rate = false_alarm_count(y, s >= best, groups, episode_gap) / days
     for t in _candidates(normal, n_candidates):
-        rate = false_alarm_count(y, s >= t, groups) / days
+        rate = false_alarm_count(y, s >= t, groups, episode_gap) / days
         if rate > budget:
             break
         best, best_rate = float(t), rate
@@ -92,8 +93,9 @@ def calibrate(
     timestamps: np.ndarray,
     budget: float,
     band: float,
+    episode_gap: int,
 ) -> Thresholds:
     """Alert threshold and review band from one period's scores (validation, or a CV fold's history)."""
-    t, rate = alert_threshold(scores, labels, groups, timestamps, budget)
+    t, rate = alert_threshold(scores, labels, groups, timestamps, budget, episode_gap)
     low = review_low(scores, labels, t, band)
     return Thresholds(threshold=t, review_low=low, false_alarms_per_asset_day=rate)

@@ -131,7 +131,7 @@ def make_folds(
     timestamps: pd.Series, n_folds: int, min_train_fraction: float, min_train_rows: int = 0
 ) -> list[Fold]:
     """Expanding-window folds by row count in time order (see the module docstring)."""
-    t = np.sort(pd.to_datetime(timestamps).to_numpy(dtype="datetime64[ns]"))
+    t = np.sort(np.asarray(timestamps, dtype="datetime64[ns]"))
     n = t.size
     initial = max(int(math.ceil(n * min_train_fraction)), int(min_train_rows))
     block = (n - initial) // n_folds
@@ -208,7 +208,8 @@ def make_detector(kind: str, hyper: dict[str, Any], s: Settings) -> Any:
 
 def _operating_point(scores: np.ndarray, frame: pd.DataFrame, s: Settings) -> dict[str, float]:
     labels, assets, ts = frame_arrays(frame)
-    cal = calibrate(scores, labels, assets, ts, s.train.alert_budget, s.train.review_band)
+    t = s.train
+    cal = calibrate(scores, labels, assets, ts, t.alert_budget, t.review_band, t.episode_gap)
     return {"threshold": cal.threshold, "review_low": cal.review_low,
             "false_alarms_per_asset_day": cal.false_alarms_per_asset_day}
 

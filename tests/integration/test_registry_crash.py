@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,25 +37,7 @@ POINTER_POINTS = [p for p in POINTS if not p.startswith("register.") and p != "p
 SUBPROCESS_TIMEOUT_S = 120
 BARRIER_TIMEOUT_S = 60
 
-#: The promote stage's own code path (what ``plantwatch promote`` runs), without the whole CLI's imports.
-PROMOTE_STAGE = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from plantwatch.config import load_params
-    from plantwatch.paths import ProjectPaths
-    from plantwatch.registry import Registry
-    from plantwatch.registry.promotion import promote_from_gate
-
-    root = Path(sys.argv[1])
-    params = load_params(root / "params.yaml")
-    reg = Registry(root, params.registry)
-    if len(sys.argv) > 2:
-        reg.promote(sys.argv[2], reason="crash test")
-    else:
-        promote_from_gate(reg, ProjectPaths.at(root), params)
-    """
-)
+CLI = Path(sys.executable).parent / "plantwatch"
 
 
 def _promote_in_process(root: Path) -> str:
@@ -75,15 +58,21 @@ def _assert_consistent(reg: Registry) -> None:
     assert tag == state.current and model.threshold_ > 0
 
 
-def _crash(root: Path, point: str, *args: str) -> None:
-    env = {**os.environ, CRASH_ENV: point}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROMOTE_STAGE, str(root), *args],
-        env=env,
-        capture_output=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+def _crash_in_child(point: str, action: Callable[[], object]) -> None:
+    """Run ``action`` in a forked child that SIGKILLs itself at ``point``; fail if it survives.
+
+    A fork (not a fresh interpreter) keeps each case well under a second; the state left on disk
+    by a killed process is the same either way. One test below goes through the real CLI.
+    """
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            os.environ[CRASH_ENV] = point
+            action()
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child ended with {status}"
 
 
 def _assert_recovers(reg: Registry, root: Path) -> None:
@@ -104,7 +93,7 @@ def test_kill_9_during_registration_keeps_production_and_leaves_no_half_version(
     write_gate_outputs(project, pr_auc=0.5, seed=1)
     good = _promote_in_process(project)
     write_gate_outputs(project, pr_auc=0.6, seed=2)
-    _crash(project, point)
+    _crash_in_child(point, lambda: _promote_in_process(project))
 
     reg = open_registry(project)
     _assert_consistent(reg)
@@ -125,10 +114,28 @@ def test_kill_9_during_pointer_update_leaves_a_valid_pointer(
     good = _promote_in_process(project)
     reg = open_registry(project)
     new = reg.register(dump_model(tmp_path / "new.skops", seed=2), evidence(0.6)).tag
-    _crash(project, point, new)
+    _crash_in_child(point, lambda: open_registry(project).promote(new, reason="crash test"))
 
     _assert_consistent(reg)
     assert reg.production_tag() == (new if point in COMMITTED else good)
+    _assert_recovers(reg, project)
+
+
+def test_kill_9_of_the_cli_promote_keeps_the_old_pointer(project: Path) -> None:
+    """The real ``plantwatch promote`` in a fresh interpreter, killed after writing the temp pointer."""
+    write_gate_outputs(project, pr_auc=0.5, seed=1)
+    good = _promote_in_process(project)
+    write_gate_outputs(project, pr_auc=0.6, seed=2)
+    env = {**os.environ, CRASH_ENV: "pointer.after_temp_write"}
+    proc = subprocess.run(
+        [str(CLI), "promote"], cwd=project, env=env, capture_output=True, timeout=SUBPROCESS_TIMEOUT_S
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    reg = open_registry(project)
+    assert list(reg.folder.glob(".production.json.*.tmp"))  # killed between temp write and rename
+    _assert_consistent(reg)
+    assert reg.production_tag() == good
+    assert sorted(v.stage for v in reg.versions()) == ["candidate", "production"]
     _assert_recovers(reg, project)
 
 

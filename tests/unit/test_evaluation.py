@@ -65,6 +65,21 @@ def test_false_alarms_per_asset_day_counts_episodes_off_labels() -> None:
     assert ev.false_alarms_per_asset_day(labels, alerts, groups, ts) == pytest.approx(1.5)
 
 
+def test_alerts_close_together_are_one_episode() -> None:
+    labels = np.array([0] * 12 + [1, 1] + [0] * 6)
+    groups = np.array(["a"] * 10 + ["b"] * 10)
+    alerts = np.zeros(20, dtype=bool)
+    alerts[[0, 2, 5, 9, 10, 11, 16]] = True
+    # gap 0: 0 | 2 | 5 | 9 (a) and 10-11 | 16 (b)
+    assert ev.runs(alerts, groups).tolist() == [[0, 1], [2, 3], [5, 6], [9, 10], [10, 12], [16, 17]]
+    # gap 2 (at most two quiet readings between): a: 0,2,5 merge, 9 alone (3 quiet rows); never across assets
+    assert ev.runs(alerts, groups, max_gap=2).tolist() == [[0, 6], [9, 10], [10, 12], [16, 17]]
+    # gap 4: a becomes one episode; b's 10-16 merge into one that overlaps the labelled rows 12-13
+    assert ev.runs(alerts, groups, max_gap=4).tolist() == [[0, 10], [10, 17]]
+    assert ev.false_alarm_count(labels, alerts, groups, episode_gap=0) == 6
+    assert ev.false_alarm_count(labels, alerts, groups, episode_gap=4) == 1
+
+
 def test_asset_days_ignores_outages() -> None:
     start = np.datetime64("2024-01-01", "ns")
     ts = np.r_[start + np.arange(720) * MIN, start + np.timedelta64(10, "D") + np.arange(720) * MIN]
@@ -82,7 +97,7 @@ def test_point_metrics_are_pointwise_not_point_adjusted() -> None:
 
 def test_score_metrics_keys_and_undefined_cases() -> None:
     labels, groups, ts = _frame([0, 0, 0, 0], [0, 0, 0])
-    m = ev.score_metrics(labels, np.arange(7.0), groups, ts, threshold=5.0)
+    m = ev.score_metrics(labels, np.arange(7.0), groups, ts, threshold=5.0, episode_gap=0)
     assert tuple(m) == ev.METRIC_KEYS
     assert math.isnan(m["pr_auc"]) and math.isnan(m["roc_auc"]) and math.isnan(m["event_recall"])
 

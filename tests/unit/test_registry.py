@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from tests.unit.test_registry_fixtures import (  # noqa: F401  (registry_fixture
     register_candidate,
     registry_fixture,
 )
+
+ROLLBACK_BUDGET_S = 5.0
 
 
 def _pointer(reg: Registry) -> dict:
@@ -66,7 +71,9 @@ def test_promote_then_rollback_restores_previous_and_tracks_stages(
     assert registry.production_tag() == b
     assert {v.tag: v.stage for v in registry.versions()} == {a: "archived", b: "production"}
 
+    started = time.monotonic()
     state = registry.rollback(reason="false alarms spiked", actor="carol")
+    assert time.monotonic() - started < ROLLBACK_BUDGET_S
     assert state.current == a == registry.production_tag()
     assert {v.tag: v.stage for v in registry.versions()} == {a: "production", b: "archived"}
     doc = _pointer(registry)
@@ -157,6 +164,19 @@ def test_production_tag_rereads_only_when_pointer_changes(registry: Registry, tm
     registry.promote(b, reason="r")
     assert reader.pointer_stamp() != stamp
     assert reader.production_tag() == b
+
+
+def test_reading_the_pointer_imports_no_heavy_library(registry: Registry, tmp_path: Path) -> None:
+    """The service polls production_tag(): it must not drag in bentoml/skops/sklearn/pandas."""
+    registry.promote(register_candidate(registry, tmp_path), reason="r")
+    code = (
+        "import sys; from pathlib import Path; from plantwatch.config import RegistryConfig;"
+        "from plantwatch.registry import Registry;"
+        f"print(Registry(Path({str(registry.root)!r}), RegistryConfig()).production_tag());"
+        "print(sorted(m for m in ('bentoml', 'skops', 'sklearn', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [registry.production_tag(), "[]"]
 
 
 def test_audit_log_records_every_action_with_actor(

@@ -100,3 +100,14 @@ def test_bad_input_is_one_line_and_an_exit_code(
     lines = _error_lines(result)
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
     assert queue.history() == []
+
+
+def test_a_project_without_a_queue_reads_as_empty_and_creates_nothing(project: Path) -> None:
+    assert json.loads(_run("list", "--json").stdout) == []
+    stats = json.loads(_run("stats", "--json").stdout)
+    assert (stats["total"], stats["history_rows"]) == (0, 0)
+    missing = _run("label", "1", "--verdict", "normal", "--by", "ann")
+    assert missing.exit_code == 1 and "no review queue" in missing.output
+    assert _run("label", "1", "--verdict", "maybe", "--by", "ann").exit_code == 2
+    assert _run("show", "1").exit_code == 1
+    assert not (project / "data").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -332,6 +333,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.pointer: str | None = None
         self.broken: set[str] = set()
+        self.bundles: dict[str, Any] = {}
         self.loads: list[str] = []
 
     def production_tag(self) -> str | None:
@@ -341,7 +343,7 @@ class FakeSource:
         self.loads.append(tag)
         if tag in self.broken:
             raise RegistryError(f"{tag}: integrity check failed")
-        return OrderSensitiveBundle()
+        return self.bundles.get(tag) or OrderSensitiveBundle()
 
     def card(self, tag: str) -> dict[str, Any]:
         return {"tag": tag}
@@ -396,6 +398,22 @@ def test_a_model_with_other_sensors_is_refused() -> None:
     source.pointer = "m:1"
     assert holder.poll_once() is False and not holder.ready
     assert "differ from the data contract" in (holder.status.last_error or "")
+
+
+def test_a_model_that_cannot_score_is_refused_before_it_serves() -> None:
+    class Stale(OrderSensitiveBundle):  # e.g. pickled by an older version of the feature code
+        def score_frame(self, df: pd.DataFrame) -> pd.DataFrame:
+            raise ValueError("matmul: size 6 is different from 18")
+
+    source = FakeSource()
+    holder = serving.ModelHolder(
+        source=source, poll_s=1.0, retry_s=30.0, check=serving.check_compatible(SENSORS)
+    )
+    source.pointer = "m:1"
+    assert holder.poll_once() is True
+    source.pointer, source.bundles["m:2"] = "m:2", Stale()
+    assert holder.poll_once() is False and holder.require().tag == "m:1"
+    assert "cannot score a probe" in (holder.status.last_error or "")
 
 
 def test_watcher_thread_picks_up_a_pointer_change() -> None:
@@ -527,3 +545,22 @@ def test_repo_params_build_a_request_model(repo_root: Path) -> None:
     params = load_params(repo_root / "params.yaml")
     model = serving.build_request_model(params.data.sensor_names, params.serve)
     assert set(model.model_json_schema()["$defs"]["Reading"]["required"]) >= set(params.data.sensor_names)
+
+
+def test_client_validation_errors_are_logged_as_one_info_line(
+    request_model: type, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("test.serving.filter")
+    logger.addFilter(serving.ClientErrorLogFilter())
+    try:
+        request_model.model_validate_json("[]")
+    except ValidationError:
+        logger.error("Exception on %s [%s]", "/score", "POST", exc_info=True)
+    try:
+        raise KeyError("real fault")
+    except KeyError:
+        logger.error("Exception on %s [%s]", "/score", "POST", exc_info=True)
+    first, second = caplog.records
+    assert first.levelno == logging.INFO and first.exc_info is None
+    assert first.getMessage() == "/score POST rejected: 1 validation error(s)"
+    assert second.levelno == logging.ERROR and second.exc_info is not None

@@ -62,7 +62,7 @@ def test_threshold_generalises_to_fresh_period() -> None:
 
 def test_review_band_share_of_normal_rows() -> None:
     p = _period(days=2, assets=2, seed=4, with_anomalies=True)
-    cal = th.calibrate(p["scores"], p["labels"], p["groups"], p["ts"], budget=1.0, band=0.01)
+    cal = th.calibrate(p["scores"], p["labels"], p["groups"], p["ts"], budget=1.0, band=0.01, episode_gap=5)
     normal = p["scores"][p["labels"] == 0]
     in_band = np.mean((normal >= cal.review_low) & (normal < cal.threshold))
     assert cal.review_low < cal.threshold

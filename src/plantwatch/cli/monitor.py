@@ -23,17 +23,6 @@ _RETRAIN_STYLE = {
 }
 
 
-def _validator(ctx: common.Context) -> Any:
-    """GX validation of the batch before drift is computed.
-
-    INTEGRATION POINT (validation engineer): ``plantwatch.validation`` has no frame-level entry
-    point yet. Once it exposes ``validate(frame) -> outcome with a clean frame``, return a
-    ``monitoring.Validator`` here: ``lambda df: (outcome.clean, outcome.summary())``. Until then the
-    batch is monitored unvalidated and the output says so.
-    """
-    return None
-
-
 def _sensor_table(result: dict[str, Any]) -> Table:
     table = Table(title="per-sensor drift")
     for col in ("sensor", "method", "threshold", "score", "drifted"):
@@ -57,10 +46,11 @@ def _print(out: dict[str, Any], synced: str | None) -> None:
         f"batch [bold]{out['batch_id']}[/]: {out['rows']} rows, {out['stats']['span_hours']:.1f} h, "
         f"{out['stats']['assets']} asset(s)"
     )
-    if out["validation"] is None:
-        console.print("validation: [yellow]skipped[/] (GX validation not wired into monitor yet)")
-    else:
-        console.print(f"validation: {out['validation']}")
+    if out["validation"]:
+        v = out["validation"]
+        console.print(
+            f"validation: {v['status']}, {v['rows_clean']} clean, {v['rows_quarantined']} quarantined"
+        )
     if out["drift"] is None:
         console.print(f"drift: [dim]no decision[/] — {out['reason']}")
     else:
@@ -103,7 +93,7 @@ def monitor(
         params=ctx.params,
         paths=ctx.paths,
         batch_id=batch_id,
-        validate=_validator(ctx),
+        validate=monitoring.gx_validator(ctx.params, ctx.paths, batch_id),
         retrain=monitoring.audit_retrain_request(registry),
         rollback=monitoring.registry_rollback(registry),
     )

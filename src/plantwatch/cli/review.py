@@ -17,9 +17,13 @@ from plantwatch.review import (
     STATUS_OPEN,
     ReviewInputError,
     ReviewItem,
+    ReviewItemNotFound,
     ReviewQueue,
     ReviewStats,
+    check_status,
+    check_verdict,
     count_scored_readings,
+    summarize_reviews,
 )
 
 review_app = typer.Typer(
@@ -34,9 +38,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(review_app, name="review")
 
 
-def _open() -> tuple[common.Context, ReviewQueue]:
+def _open() -> tuple[common.Context, ReviewQueue | None]:
+    """The project's queue, or None when nothing was ever enqueued: looking must not create files."""
     ctx = common.load()
+    if not ctx.paths.resolve(ctx.params.review.db_path).exists():
+        return ctx, None
     return ctx, ReviewQueue.for_project(ctx.paths, ctx.params.review)
+
+
+def _must_open(item_id: int) -> ReviewQueue:
+    ctx, queue = _open()
+    if queue is None:
+        raise ReviewItemNotFound(
+            f"review item {item_id} not found (no review queue at {ctx.params.review.db_path} yet)"
+        )
+    return queue
 
 
 def _item_id(text: str) -> int:
@@ -83,8 +99,10 @@ def list_items(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Queue items, oldest first."""
+    check_status(status)
     ctx, queue = _open()
-    items = queue.list(status=status, limit=limit or ctx.params.review.list_limit, asset=asset)
+    limit = limit or ctx.params.review.list_limit
+    items = [] if queue is None else queue.list(status=status, limit=limit, asset=asset)
     if as_json:
         common.echo_json([it.to_dict() for it in items])
     else:
@@ -98,8 +116,9 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """One item: the reading, the model's explanation and every verdict given on it."""
-    _, queue = _open()
-    item = queue.get(_item_id(item_id))
+    wanted = _item_id(item_id)
+    queue = _must_open(wanted)
+    item = queue.get(wanted)
     history = queue.history(item.id)
     if as_json:
         common.echo_json({**item.to_dict(), "history": [h.to_dict() for h in history]})
@@ -127,8 +146,10 @@ def label(
     note: Annotated[str | None, typer.Option(help="Free-text note")] = None,
 ) -> None:
     """Give a verdict; repeating your current verdict changes nothing."""
-    _, queue = _open()
-    result = queue.label(_item_id(item_id), verdict, by, note)
+    wanted = _item_id(item_id)
+    check_verdict(verdict)
+    queue = _must_open(wanted)
+    result = queue.label(wanted, verdict, by, note)
     what = "labelled" if result.recorded else "unchanged, already"
     common.console.print(f"item {result.item_id}: {what} {result.verdict} by {result.reviewer}")
 
@@ -162,7 +183,8 @@ def _stats_table(stats: ReviewStats) -> Table:
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Queue figures; the review rate needs the inference log (data/inference) to count scored readings."""
     ctx, queue = _open()
-    result = queue.stats(scored_readings=count_scored_readings(ctx.paths.inference_log))
+    scored = count_scored_readings(ctx.paths.inference_log)
+    result = summarize_reviews([], 0, scored) if queue is None else queue.stats(scored_readings=scored)
     if as_json:
         common.echo_json(result.to_dict())
     else:

@@ -35,6 +35,7 @@ DriftMethod = Literal[
 
 #: Conditions the reference can be matched on (see ``MonitorConfig.match_on``).
 MatchKey = Literal["asset", "hour", "weekend"]
+MATCH_KEYS: tuple[MatchKey, ...] = ("asset", "hour", "weekend")
 
 
 class ColumnDriftConfig(StrictModel):
@@ -76,7 +77,7 @@ class MonitorConfig(StrictModel):
     #: Compare a batch with a reference resampled to the batch's own mix of these conditions:
     #: ``asset`` (assets run at different levels), ``hour`` (daily cycle) and ``weekend`` (weekends
     #: run at lower load). A condition the reference lacks for some batch rows is dropped, last first.
-    match_on: list[MatchKey] = Field(default_factory=lambda: ["asset", "hour", "weekend"])
+    match_on: list[MatchKey] = Field(default_factory=lambda: list(MATCH_KEYS))
     #: Days of week (Monday = 0) that count as weekend for ``match_on: weekend``.
     weekend_days: list[int] = Field(default_factory=lambda: [5, 6])
     #: Rows of the batch and of the matched reference that Evidently compares (evenly thinned

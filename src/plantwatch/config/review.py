@@ -12,7 +12,6 @@ from pydantic import Field, PositiveInt
 
 from plantwatch.config.base import StrictModel
 
-
 #: Scored decisions that may be put in front of a human (``normal`` readings never are).
 QueuedDecision = Literal["review", "alert"]
 

@@ -84,6 +84,9 @@ class TrainConfig(StrictModel):
     #: Most false alarms (alert episodes overlapping no labelled anomaly) per asset per day that
     #: operators accept; sets the alert threshold on the validation period.
     alert_budget: float = Field(default=1.0, gt=0.0)
+    #: Alerts of one asset with at most this many quiet readings between them are one alert episode
+    #: (one page to an operator); false alarms and the budget count episodes.
+    episode_gap: int = Field(default=15, ge=0)
     #: Share of normal validation readings sent to review just below the alert threshold (queue load).
     review_band: float = Field(default=0.005, ge=0.0, lt=1.0)
     #: The custom model's hyperparameters (and the tiny CV grid), see ``ModelConfig``.

@@ -450,6 +450,7 @@ class Registry:
             "reasons": list(record.reasons),
             "sha256": dict(record.files),
             "artifact": record.artifact,
+            "artifact_sha256": record.artifact_sha256,
             **record.lineage,
             "metrics": record.metrics,
             "cv": card["metrics"]["cv"].get(record.kind, {}),

@@ -30,11 +30,13 @@ from plantwatch import schema
 from plantwatch.config import DataConfig, ValidateConfig
 from plantwatch.errors import PlantwatchError
 from plantwatch.ingest import TYPE_ERRORS, coerce_sensors
+from plantwatch.validation.expectations import stuck_mask
 from plantwatch.validation.gx_runner import GXRunner
 from plantwatch.validation.suite import (
     REASON_COLUMN_TYPE,
     REASON_MISSING_COLUMN,
     REASON_ROW_COUNT,
+    REASON_STUCK,
     REASON_TOO_MANY_GAPS,
     REASON_TOO_MANY_NULLS,
     REASON_WRONG_TYPE,
@@ -176,12 +178,14 @@ def prepare_frame(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
     pandas ``string``/``category`` asset column is represented as object (not a data change).
     """
     out = frame.reset_index(drop=True)
+    if schema.ROW_ID in out:  # a stale id from an earlier run would clash with the index name
+        out = out.drop(columns=[schema.ROW_ID])
     out = coerce_sensors(out, [s for s in data.sensor_names if s in out.columns])
     if schema.ASSET in out and not pd.api.types.is_object_dtype(out[schema.ASSET]):
         if isinstance(out[schema.ASSET].dtype, pd.CategoricalDtype | pd.StringDtype):
             col = out[schema.ASSET]
             out[schema.ASSET] = col.astype(object).where(col.notna(), None)
-    out[schema.ROW_ID] = np.arange(len(out), dtype="int64")
+    out.index = pd.RangeIndex(len(out), name=schema.ROW_ID)
     return out
 
 
@@ -195,9 +199,7 @@ def _target(cfg: Any) -> str:
 
 
 def _touches(cfg: Any, columns: set[str]) -> bool:
-    """Whether an expectation (other than the existence check itself) reads one of ``columns``."""
-    if cfg.type == "expect_column_to_exist":
-        return False
+    """Whether an expectation reads one of ``columns`` (then its error is a consequence, not news)."""
     used = {cfg.kwargs.get("column"), *cfg.kwargs.get("column_list", [])}
     return bool(used & columns)
 
@@ -206,21 +208,35 @@ def _pct(x: float) -> str:
     return f"{x:.2f}%"
 
 
-def _describe_batch_failure(reason: str, result: Any, validate: ValidateConfig, detail: str = "") -> str:
-    """Readable line for a failed batch-level expectation, with the observed value when GX gives one."""
+def _missing_columns(result: Any) -> list[str]:
+    details = (result.result or {}).get("details") or {}
+    return list((details.get("mismatched") or {}).get("missing") or [])
+
+
+def _describe_batch_failure(
+    reason: str, result: Any, validate: ValidateConfig, missing: set[str], detail: str = ""
+) -> str | None:
+    """Readable text for a failed batch-level expectation (None: nothing new to say)."""
     res = result.result or {}
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        if reason.startswith(REASON_MISSING_COLUMN) or reason.startswith(REASON_COLUMN_TYPE):
-            return reason
-        return f"{reason} (could not be evaluated)"
+    exc = result.exception_info or {}
+    if exc.get("raised_exception"):
+        return f"{reason} (could not be evaluated: {str(exc.get('exception_message')).splitlines()[0]})"
     if reason == REASON_ROW_COUNT:
         return (
             f"{reason}: {res.get('observed_value')} rows, expected {validate.min_rows}..{validate.max_rows}"
         )
-    if reason.startswith(REASON_COLUMN_TYPE):
-        return f"{reason} is {res.get('observed_value')}"
+    if reason == REASON_MISSING_COLUMN:
+        return f"{reason}(s): {', '.join(_missing_columns(result))}"
+    if reason == REASON_COLUMN_TYPE:
+        mismatched = ((res.get("details") or {}).get("mismatched")) or {}
+        wrong = [
+            f"{col} is {m['observed']} (expected {m['expected']})"
+            for col, m in mismatched.items()
+            if col not in missing
+        ]
+        return f"{reason}: {', '.join(wrong)}" if wrong else None
     if reason.startswith(REASON_TOO_MANY_NULLS):
-        share = _pct(res.get("unexpected_percent", 0.0))
+        share = _pct((1.0 - float(res.get("observed_value") or 0.0)) * 100)
         return f"{reason} ({share} > {_pct(validate.max_null_fraction * 100)}{detail})"
     if reason == REASON_TOO_MANY_GAPS:
         limit = (1.0 - validate.gap_mostly) * 100
@@ -229,8 +245,10 @@ def _describe_batch_failure(reason: str, result: Any, validate: ValidateConfig, 
 
 
 def _row_ids(result: Any) -> np.ndarray:
+    """Failing rows' ids from a COMPLETE result (``[{"row_id": [...]}]`` with exclude_unexpected_values)."""
     index_list = (result.result or {}).get("unexpected_index_list") or []
-    return np.fromiter((row[schema.ROW_ID] for row in index_list), dtype="int64", count=len(index_list))
+    ids = [rid for entry in index_list for rid in entry[schema.ROW_ID]]
+    return np.asarray(ids, dtype="int64")
 
 
 def _wrong_type_reasons(prepared: pd.DataFrame, row_ids: np.ndarray) -> pd.DataFrame:
@@ -241,6 +259,25 @@ def _wrong_type_reasons(prepared: pd.DataFrame, row_ids: np.ndarray) -> pd.DataF
     return pd.DataFrame(
         {schema.ROW_ID: columns.index.to_numpy(dtype="int64"), REASON: REASON_WRONG_TYPE + ": " + columns}
     ).reset_index(drop=True)
+
+
+def _stuck_reasons(
+    prepared: pd.DataFrame, row_ids: np.ndarray, data: DataConfig, validate: ValidateConfig
+) -> pd.DataFrame:
+    """Which sensor(s) are stuck on the rows GX flagged: "stuck sensor: m07" per (row, sensor).
+
+    GX runs one expectation over all sensors; the breakdown reuses the very function its metric
+    runs (``stuck_mask``), restricted to the rows GX reported.
+    """
+    sensors = [s for s in data.sensor_names if s in prepared]
+    mask = stuck_mask(prepared, schema.ASSET, sensors, validate.stuck_run_length).iloc[row_ids]
+    rows, cols = np.nonzero(mask.to_numpy())
+    return pd.DataFrame(
+        {
+            schema.ROW_ID: row_ids[rows].astype("int64"),
+            REASON: [f"{REASON_STUCK}: {sensors[c]}" for c in cols],
+        }
+    )
 
 
 def _join_reasons(row_reasons: pd.DataFrame) -> pd.Series:
@@ -300,9 +337,10 @@ def validate_frame(
         )
 
     missing_columns = {
-        str(res.expectation_config.kwargs.get("column"))
+        col
         for res in gx_result.results
-        if res.expectation_config.type == "expect_column_to_exist" and not res.success
+        if meta_of(res.expectation_config).get("reason") == REASON_MISSING_COLUMN
+        for col in _missing_columns(res)
     }
     reports: list[ExpectationReport] = []
     batch_failures: list[str] = []
@@ -331,16 +369,24 @@ def validate_frame(
             continue
         if level == "batch" or error is not None:
             if error is not None and _touches(cfg, missing_columns):
-                continue  # already reported once as "missing column: X"
+                continue  # a consequence of a missing column, which is reported once
             detail = (
                 _not_numbers_detail(_target(cfg), prepared)
                 if reason.startswith(REASON_TOO_MANY_NULLS)
                 else ""
             )
-            batch_failures.append(_describe_batch_failure(reason, res, validate, detail))
+            line = _describe_batch_failure(reason, res, validate, missing_columns, detail)
+            if line is not None:
+                batch_failures.append(line)
             continue
         ids = _row_ids(res)
-        if level == "warning":
+        if reason == REASON_STUCK:
+            parts = _stuck_reasons(prepared, ids, data, validate)
+            if level == "warning":
+                warnings.update({str(k): int(v) for k, v in parts[REASON].value_counts(sort=False).items()})
+                continue
+            row_parts.append(parts)
+        elif level == "warning":
             warnings[reason] = len(ids)
         elif reason == REASON_WRONG_TYPE:
             row_parts.append(_wrong_type_reasons(prepared, ids))
@@ -368,10 +414,10 @@ def validate_frame(
     row_reasons = row_reasons.drop_duplicates()
     reasons = {str(k): int(v) for k, v in row_reasons[REASON].value_counts(sort=False).items()}
     joined = _join_reasons(row_reasons)
-    quarantined = prepared.iloc[joined.index.to_numpy()].copy()
+    quarantined = prepared.iloc[joined.index.to_numpy()].reset_index()  # row_id becomes a column
     quarantined[schema.BATCH_ID] = batch_id
     quarantined[REASON] = joined.to_numpy()
-    clean = prepared.loc[clean_mask].drop(columns=[schema.ROW_ID, TYPE_ERRORS]).reset_index(drop=True)
+    clean = prepared.loc[clean_mask].drop(columns=[TYPE_ERRORS]).reset_index(drop=True)
 
     if len(prepared) != len(clean) + len(quarantined):
         raise ValidationIntegrityError(
@@ -382,7 +428,7 @@ def validate_frame(
         batch_id=batch_id,
         status=status,
         clean=clean,
-        quarantined=quarantined.reset_index(drop=True),
+        quarantined=quarantined,
         rows_in=len(prepared),
         reasons=reasons,
         batch_failures=batch_failures,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 from great_expectations.execution_engine import PandasExecutionEngine
-from great_expectations.expectations.expectation import MulticolumnMapExpectation
+from great_expectations.expectations.expectation import BatchExpectation, MulticolumnMapExpectation
 from great_expectations.expectations.metrics.map_metric_provider import MulticolumnMapMetricProvider
 from great_expectations.expectations.metrics.map_metric_provider.multicolumn_condition_partial import (
     multicolumn_condition_partial,
@@ -66,19 +66,33 @@ def step_seconds(keys: pd.Series, timestamps: pd.Series) -> np.ndarray:
     return step
 
 
-def run_lengths(keys: pd.Series, values: pd.Series) -> np.ndarray:
-    """Length of the run of identical consecutive readings (same asset) each row belongs to.
+def run_lengths(keys: pd.Series, values: pd.DataFrame | pd.Series) -> np.ndarray:
+    """Length of the run of identical consecutive readings (same asset) each value belongs to.
 
-    NaN never forms a run (a gap is the null-fraction check's business, not a frozen sensor).
+    ``values``: one column or several (then the result is rows × columns). NaN never forms a run
+    (a dropout is the null-share check's business, not a frozen sensor).
     """
     order = _asset_order(keys)
     k = keys.to_numpy()[order]
     v = values.to_numpy(dtype="float64")[order]
-    same = np.zeros(len(v), dtype=bool)
-    same[1:] = (k[1:] == k[:-1]) & (v[1:] == v[:-1])  # NaN == NaN is False
-    run_id = np.cumsum(~same)
-    lengths = np.bincount(run_id)[run_id]
-    return _scatter(lengths, order)
+    one_column = v.ndim == 1
+    v = v.reshape(len(k), -1)
+    same_asset = np.zeros(len(k), dtype=bool)
+    same_asset[1:] = k[1:] == k[:-1]
+    lengths = np.empty(v.shape, dtype="int64")
+    for j in range(v.shape[1]):
+        same = np.zeros(len(k), dtype=bool)
+        same[1:] = same_asset[1:] & (v[1:, j] == v[:-1, j])  # NaN == NaN is False
+        run_id = np.cumsum(~same)
+        lengths[:, j] = np.bincount(run_id)[run_id]
+    lengths = _scatter(lengths, order)
+    return lengths[:, 0] if one_column else lengths
+
+
+def stuck_mask(frame: pd.DataFrame, asset: str, sensors: list[str], max_run_length: int) -> pd.DataFrame:
+    """Per row and sensor: is the reading part of a run of ``max_run_length`` or more? (rows × sensors)."""
+    runs = run_lengths(frame[asset], frame[sensors])
+    return pd.DataFrame(runs >= max_run_length, index=frame.index, columns=sensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,16 +135,17 @@ class SamplingStepAtMost(MulticolumnMapMetricProvider):
         return pd.Series(~(step > max_step_s), index=column_list.index)
 
 
-class RunLengthBelow(MulticolumnMapMetricProvider):
-    """True where the reading is not part of a run of ``max_run_length`` or more identical readings."""
+class SensorsNotStuck(MulticolumnMapMetricProvider):
+    """``[asset, sensor, ...]``: True where no sensor of the row is in a run of ``max_run_length``+."""
 
-    condition_metric_name = "multicolumn_values.plantwatch_run_length_below"
+    condition_metric_name = "multicolumn_values.plantwatch_not_stuck"
     condition_value_keys = ("max_run_length",)
 
     @multicolumn_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column_list: pd.DataFrame, max_run_length: int, **kwargs: Any) -> pd.Series:
-        keys, values = column_list.iloc[:, 0], column_list.iloc[:, 1]
-        return pd.Series(run_lengths(keys, values) < max_run_length, index=column_list.index)
+        keys, values = column_list.iloc[:, 0], column_list.iloc[:, 1:]
+        runs = run_lengths(keys, values)
+        return pd.Series((runs < max_run_length).all(axis=1), index=column_list.index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,22 +194,56 @@ class ExpectSamplingStepsToBeAtMost(MulticolumnMapExpectation):
     args_keys: ClassVar[tuple[str, ...]] = ("column_list", "max_step_s")
 
 
-class ExpectSensorToNotBeStuck(MulticolumnMapExpectation):
-    """``[asset, sensor]``: no run of ``max_run_length`` or more identical consecutive readings.
+class ExpectSensorsToNotBeStuck(MulticolumnMapExpectation):
+    """``[asset, sensor, ...]``: no sensor repeats one value ``max_run_length`` or more times in a row.
 
-    Every reading of such a run is unexpected (the whole frozen stretch, not just its tail).
+    A row is unexpected when any of its sensors is inside such a run (the whole frozen stretch, not
+    just its tail). One expectation covers all sensors: GX's fixed cost per expectation would
+    otherwise dominate on wide data (38 sensors in SMD); the per-sensor breakdown comes from
+    :func:`stuck_mask`, the same code the metric runs.
     """
 
     max_run_length: int
-    ignore_row_if: _IgnoreRowIf = "any_value_is_missing"
-    map_metric: ClassVar[str] = "multicolumn_values.plantwatch_run_length_below"
+    ignore_row_if: _IgnoreRowIf = "never"
+    map_metric: ClassVar[str] = "multicolumn_values.plantwatch_not_stuck"
     success_keys: ClassVar[tuple[str, ...]] = ("column_list", "ignore_row_if", "mostly", "max_run_length")
     args_keys: ClassVar[tuple[str, ...]] = ("column_list", "max_run_length")
 
 
-CUSTOM_EXPECTATIONS: tuple[type[MulticolumnMapExpectation], ...] = (
+class ExpectColumnDtypesToBe(BatchExpectation):
+    """Every listed column has exactly the given pandas dtype (``{"timestamp": "datetime64[ns]"}``).
+
+    One schema check for the whole contract instead of one ``expect_column_type_to_be`` per column.
+    A listed column that is absent counts as a mismatch (observed ``None``).
+    """
+
+    dtypes: dict[str, str]
+    metric_dependencies: ClassVar[tuple[str, ...]] = ("table.column_types",)
+    success_keys: ClassVar[tuple[str, ...]] = ("dtypes",)
+    args_keys: ClassVar[tuple[str, ...]] = ("dtypes",)
+
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: dict | None = None,
+        execution_engine: Any = None,
+    ) -> dict[str, Any]:
+        observed = {str(c["name"]): str(c["type"]) for c in metrics["table.column_types"]}
+        mismatched = {
+            col: {"expected": want, "observed": observed.get(col)}
+            for col, want in self.dtypes.items()
+            if observed.get(col) != want
+        }
+        result: dict[str, Any] = {"observed_value": {c: observed.get(c) for c in self.dtypes}}
+        if mismatched:
+            result["details"] = {"mismatched": mismatched}
+        return {"success": not mismatched, "result": result}
+
+
+CUSTOM_EXPECTATIONS: tuple[type, ...] = (
     ExpectReadingKeysToBeUnique,
     ExpectTimestampsToNotGoBackwardsPerAsset,
     ExpectSamplingStepsToBeAtMost,
-    ExpectSensorToNotBeStuck,
+    ExpectSensorsToNotBeStuck,
+    ExpectColumnDtypesToBe,
 )

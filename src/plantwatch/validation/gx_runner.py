@@ -38,9 +38,14 @@ DOCS_SITE = "local_site"
 #: How long a second ``plantwatch validate`` on the same project waits for the first.
 LOCK_TIMEOUT_S = 600.0
 
+#: ``row_id`` is the frame's *named index* (not a column): GX then lists failing rows straight from
+#: the index, and with ``exclude_unexpected_values`` as one ``{"row_id": [...]}`` entry. With a
+#: ``row_id`` column instead, GX builds one dict per failing row and normalises every column name
+#: for each (minutes for a batch where a few sensors are constant).
 RESULT_FORMAT: dict[str, Any] = {
     "result_format": "COMPLETE",
     "unexpected_index_column_names": [schema.ROW_ID],
+    "exclude_unexpected_values": True,
     "return_unexpected_index_query": False,
 }
 

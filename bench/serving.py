@@ -1,0 +1,283 @@
+"""Scoring-service benchmark: HTTP latency/throughput beside in-process scoring of the same rows.
+
+Run: ``.venv/bin/python bench/serving.py`` (about 1-2 minutes; ``--quick`` for a smoke run).
+``--project DIR`` benchmarks an existing project's production model (e.g. after ``make demo``);
+without it a throw-away project gets a small model trained on simulator data by the pipeline's own
+``fit_final``, registered and promoted.
+
+Workloads (one client, sequential requests, bodies serialised once up front):
+
+* 1-reading requests: p50/p99 latency (goal: p50 <= 20 ms);
+* 100-reading requests: p50/p99 latency;
+* 1,000-row requests: rows/s (goal: >= 70 % of in-process throughput).
+
+"in-process" is ``plantwatch.scoring.score_readings(bundle, frame)`` on the same rows in the same
+run: the model's own cost, which the service cannot beat; "ratio" is HTTP rows/s over it. The
+second table splits the service's own per-request work (strict parsing, frame building, JSON out)
+so a regression shows where it comes from. Figures vary with machine load: the lead runs the final
+ones on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+import plantwatch  # noqa: F401  (telemetry off first)
+from plantwatch import schema, scoring, serving
+from plantwatch.config import Params, load_params
+from plantwatch.registry import Evidence, Registry
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+JSON = {"content-type": "application/json"}
+START_TIMEOUT_S = 180.0
+console = Console(width=140)
+log = logging.getLogger("bench.serving")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    rows: int
+    requests: int
+
+
+def workloads(quick: bool) -> list[Workload]:
+    scale = 4 if quick else 1
+    return [
+        Workload("1 reading", 1, 200 // scale),
+        Workload("100 readings", 100, 60 // scale),
+        Workload("1,000 readings", 1000, 30 // scale),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Project with a production model
+# --------------------------------------------------------------------------------------------
+
+
+def throwaway_project(root: Path) -> None:
+    """params.yaml from the repo + one small custom model, registered and promoted."""
+    from plantwatch.bundle import save_bundle
+    from plantwatch.simulate import simulate_fleet
+    from plantwatch.training import Settings, fit_final
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    params = load_params(root / "params.yaml")
+    fleet = simulate_fleet(params.simulate, params.data, seed=11, assets=2, days=2)
+    cut = fleet[schema.TIMESTAMP].quantile(0.7)
+    train, validation = fleet[fleet[schema.TIMESTAMP] <= cut], fleet[fleet[schema.TIMESTAMP] > cut]
+    s = Settings(data=params.data, features=params.features, train=params.train, rules=params.rules)
+    bundle = fit_final("custom", {}, train, validation, s, sorted(fleet[schema.ASSET].unique()))
+    artifact = root / "models" / "custom.skops"
+    save_bundle(bundle, artifact)
+    registry = Registry(root, params.registry, bentoml_home=root / ".bentoml")
+    evidence = Evidence(
+        kind="custom", train_info={}, holdout={}, cv={}, gates={"passed": True, "chosen": "custom"}
+    )
+    registry.promote(registry.register(artifact, evidence).tag, reason="bench")
+
+
+def request_rows(params: Params, assets: list[str], n: int) -> pd.DataFrame:
+    """n canonical rows spread over the model's assets, interleaved like a gateway batch."""
+    from plantwatch.simulate import simulate_fleet
+
+    per_asset = -(-n // len(assets))
+    fleet = simulate_fleet(
+        params.simulate,
+        params.data,
+        seed=99,
+        assets=len(assets),
+        days=per_asset * params.data.interval_s / 86400,
+    )
+    names = dict(zip(sorted(fleet[schema.ASSET].unique()), assets, strict=True))
+    fleet[schema.ASSET] = fleet[schema.ASSET].map(names)
+    rows = fleet.sort_values([schema.TIMESTAMP, schema.ASSET], kind="stable").head(n)
+    return rows[[schema.TIMESTAMP, schema.ASSET, *params.data.sensor_names]].reset_index(drop=True)
+
+
+def body_of(rows: pd.DataFrame, sensors: list[str]) -> bytes:
+    items = []
+    for r in rows.itertuples(index=False):
+        item: dict[str, Any] = {"timestamp": r.timestamp.isoformat(), "asset": r.asset}
+        for s in sensors:
+            v = getattr(r, s)
+            item[s] = None if pd.isna(v) else float(v)
+        items.append(item)
+    return json.dumps({"readings": items}).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(root: Path, inference_log: bool) -> Iterator[str]:
+    """`bentoml serve` on 127.0.0.1 for the project; stopped (its process group) on exit."""
+    if not inference_log:
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["serve"]["inference_log"] = False
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    port = _free_port()
+    env = {**os.environ, "PLANTWATCH_ROOT": str(root), "BENTOML_HOME": str(root / ".bentoml")}
+    out = (root / "bench-server.log").open("wb")
+    proc = subprocess.Popen(
+        [BENTOML, "serve", "services.service:Detector", "--host", "127.0.0.1", "--port", str(port),
+         "--working-dir", str(REPO)],
+        cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited; see {root / 'bench-server.log'}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server not ready in time")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+def timings(call: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        call()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    return float(np.quantile(np.asarray(values), q))
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def service_parts(
+    request_model: Any, bundle: Any, tag: str, sensors: list[str], body: bytes, n: int
+) -> list[str]:
+    """p50 of each step the service runs per request, in process (same functions, same order)."""
+    req = request_model.model_validate_json(body)
+    frame = serving.readings_to_frame(req.readings, sensors)
+    results = scoring.score_readings(bundle, frame)
+    steps: list[Callable[[], Any]] = [
+        lambda: request_model.model_validate_json(body),
+        lambda: serving.readings_to_frame(req.readings, sensors),
+        lambda: scoring.check_readings(frame, sensors=sensors, assets=bundle.assets),
+        lambda: scoring.score_readings(bundle, frame),
+        lambda: serving.results_to_payload(results, request_id="x", model_version=tag, window=bundle.window_),
+    ]
+    k = max(5, n // 2)
+    return [ms(p(timings(step, k), 0.5)) for step in steps]
+
+
+def run(project: Path, quick: bool, inference_log: bool) -> None:
+    params = load_params(project / "params.yaml")
+    registry = Registry(project, params.registry, bentoml_home=project / ".bentoml")
+    tag, bundle = registry.load_production()
+    sensors = list(params.data.sensor_names)
+    request_model = serving.build_request_model(sensors, params.serve)
+    table = Table(title=f"scoring service vs in-process ({tag}, log {'on' if inference_log else 'off'})")
+    for col in ("workload", "HTTP p50 ms", "HTTP p99 ms", "HTTP rows/s",
+                "in-proc p50 ms", "in-proc rows/s", "ratio"):  # fmt: skip
+        table.add_column(col, justify="right")
+    parts = Table(title="service-side work per request, in process (ms, p50)")
+    for col in ("workload", "parse+validate", "to frame", "check", "score", "JSON out"):
+        parts.add_column(col, justify="right")
+    cases = [(w, request_rows(params, list(bundle.assets), w.rows)) for w in workloads(quick)]
+    with running_server(project, inference_log) as url, httpx.Client(base_url=url, timeout=120) as client:
+        for w, rows in cases:
+            body = body_of(rows, sensors)
+
+            def post(body: bytes = body, name: str = w.name) -> None:
+                r = client.post("/score", content=body, headers=JSON)
+                if r.status_code != 200:
+                    tail = (project / "bench-server.log").read_text(errors="replace")[-4000:]
+                    raise SystemExit(f"{name}: HTTP {r.status_code} {r.text[:200]}\n{tail}")
+
+            http = timings(post, w.requests)
+            frame = rows.copy()
+            inproc = timings(lambda frame=frame: scoring.score_readings(bundle, frame), w.requests)
+            http_rps, in_rps = w.rows / statistics.median(http), w.rows / statistics.median(inproc)
+            table.add_row(
+                w.name, ms(p(http, 0.5)), ms(p(http, 0.99)), f"{http_rps:,.0f}",
+                ms(p(inproc, 0.5)), f"{in_rps:,.0f}", f"{http_rps / in_rps:.0%}",
+            )  # fmt: skip
+            parts.add_row(w.name, *service_parts(request_model, bundle, tag, sensors, body, w.requests))
+    console.print(table)
+    console.print(parts)
+    console.print(
+        "goals: 1-reading p50 <= 20 ms; 1,000-row ratio >= 70 %. "
+        f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, help="existing project with a production model")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    ap.add_argument("--no-log", action="store_true", help="serve with the inference log off")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.project is not None:
+        if args.no_log:
+            raise SystemExit("--no-log edits params.yaml: only with the throw-away project")
+        run(args.project.resolve(), args.quick, inference_log=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="pw-bench-serving-") as tmp:
+        root = Path(tmp) / "proj"
+        os.environ["BENTOML_HOME"] = str(root / ".bentoml")
+        throwaway_project(root)
+        run(root, args.quick, inference_log=not args.no_log)
+
+
+if __name__ == "__main__":
+    main()
