@@ -43,6 +43,12 @@ METRIC_KEYS: tuple[str, ...] = (
     "detection_delay_s",
     "false_alarms_per_asset_day",
 )
+#: Range each metric can take; CV intervals are clipped to it (a PR-AUC interval below 0 says nothing).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **{k: (0.0, 1.0) for k in ("pr_auc", "roc_auc", "precision", "recall", "f1", "event_recall")},
+    "detection_delay_s": (0.0, math.inf),
+    "false_alarms_per_asset_day": (0.0, math.inf),
+}
 _SECONDS_PER_DAY = 86_400.0
 
 
@@ -193,10 +199,13 @@ def score_metrics(
     return {k: out[k] for k in METRIC_KEYS}
 
 
-def summarize(values: list[float] | np.ndarray, level: float) -> dict[str, float]:
+def summarize(
+    values: list[float] | np.ndarray, level: float, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, float]:
     """Mean, std (ddof=1) and a Student-t interval at ``level`` over CV folds (NaN folds dropped).
 
-    The t-interval is used rather than a bootstrap because 5-10 folds are too few to resample.
+    The t-interval is used rather than a bootstrap because 5-10 folds are too few to resample; it is
+    clipped to the metric's ``bounds``.
     """
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -207,7 +216,8 @@ def summarize(values: list[float] | np.ndarray, level: float) -> dict[str, float
         return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
     std = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, df=v.size - 1)) * std / math.sqrt(v.size)
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(v.size)}
+    low, high = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+    return {"mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": int(v.size)}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from plantwatch.config import GatesConfig, Params
 from plantwatch.errors import DataError, GateFailed
 from plantwatch.evaluation import (
     METRIC_KEYS,
+    METRIC_RANGES,
     frame_arrays,
     paired_block_bootstrap,
     pr_curve,
@@ -60,7 +61,7 @@ def cv_metrics(
         threshold = float(rows["threshold"].iloc[0])
         m = score_metrics(labels, rows["score"].to_numpy(), assets, ts, threshold, episode_gap)
         folds.append({"fold": int(fold), **m})
-    summary = {k: summarize([f[k] for f in folds], level) for k in METRIC_KEYS}
+    summary = {k: summarize([f[k] for f in folds], level, METRIC_RANGES[k]) for k in METRIC_KEYS}
     return summary, folds
 
 

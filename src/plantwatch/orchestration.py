@@ -282,6 +282,11 @@ def _repro_and_promote(
             outcome.refusals = [str(err)]
         outcome.status = "refused"
         outcome.after = reg.production_tag()
+    elif outcome.after == before and fresh and outcome.gates_passed:
+        # The gates passed on a fresh run but nothing was promoted: the pipeline has no promote
+        # stage (``dvc repro gate``-style dvc.yaml). Promote here, as that stage would have.
+        promote_from_gate(reg, paths, params, actor=actor, reason=f"retrain: {reason}")
+        outcome.after = reg.production_tag()
     elif outcome.after == before:
         outcome.status = "unchanged"
     return outcome

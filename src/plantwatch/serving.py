@@ -14,9 +14,13 @@ Design notes (why it looks like this):
 * Sensor values may be ``null`` (a sensor that dropped out; the rules flag it) but the key must be
   present: a missing key is a client bug, a ``null`` is a plant fact.
 * Asset names are checked against the *loaded* model at request time (the model can change on
-  reload), so they are plain bounded strings in the schema.
+  reload), so they are plain bounded strings in the pydantic model; the served OpenAPI document
+  lists the loaded model's assets as an enum (``patch_openapi``).
 * The active model is one immutable ``LoadedModel`` behind a single reference. A request reads the
   reference once and uses that model throughout, so a swap never mixes two versions in one answer.
+* Per-request work besides the model is kept to a few ms per 1,000 readings: Rust-side JSON
+  parsing and validation, column-wise frame building, vectorised UTC conversion, Rust-side JSON
+  out, and the inference log written from a background thread.
 """
 
 from __future__ import annotations
@@ -608,10 +612,12 @@ def _guarded(what: str, call: Callable[[], Reply]) -> Reply:
     """Map ``HttpError`` to its status and anything unexpected to a 500 without internals."""
     try:
         return call()
+    except NotReady as err:  # expected while starting: the caller retries, /readyz says why
+        return Reply.error(err.http_status, str(err))
     except HttpError as err:
         if err.http_status >= 500:
             logger.error("%s failed: %s", what, err)
-            return Reply.error(err.http_status, str(err) if isinstance(err, NotReady) else INTERNAL_ERROR)
+            return Reply.error(err.http_status, INTERNAL_ERROR)
         return Reply.error(err.http_status, str(err))
     except Exception:
         logger.exception("%s failed", what)

@@ -151,6 +151,14 @@ def test_cli_prints_the_decision_and_refuses_a_batch_twice(
     assert set(out["sensors"]) == set(load_params(project / "params.yaml").data.sensor_names)
     assert all(s["method"] == "wasserstein" and not s["drifted"] for s in out["sensors"].values())
     assert Path(out["report"]).exists()
+    assert out["validation"]["status"] == "accepted" and out["validation"]["rows_clean"] == out["rows"]
+
+    broken = frames["normal1"].drop(columns=["pressure"])  # breaks the data contract
+    broken.to_parquet(project / "broken.parquet")
+    rejected = runner.invoke(app, ["monitor", "broken.parquet"])
+    assert rejected.exit_code == 1 and "rejected" in rejected.stderr
+    assert len(rejected.stderr.strip().splitlines()) == 1
+    assert len(load_state(project / "monitoring" / "state.json").seen_batches) == 1  # no decision taken
 
     again = runner.invoke(app, ["monitor", "normal2.parquet"])
     assert again.exit_code == 2 and "already monitored" in again.stderr

@@ -107,6 +107,9 @@ def test_summarize_t_interval() -> None:
     assert s["n"] == 3 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
     # t(0.975, df=2) = 4.302653
     assert s["ci_low"] == pytest.approx(0.6 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
+    clipped = ev.summarize([0.1, 0.9, 0.95], level=0.95, bounds=(0.0, 1.0))
+    assert clipped["ci_low"] == 0.0 and clipped["ci_high"] == 1.0
+    assert ev.summarize([0.5], level=0.95)["n"] == 1 and math.isnan(ev.summarize([], level=0.95)["mean"])
 
 
 def test_weighted_average_precision_matches_sklearn() -> None:

@@ -564,3 +564,27 @@ def test_client_validation_errors_are_logged_as_one_info_line(
     assert first.levelno == logging.INFO and first.exc_info is None
     assert first.getMessage() == "/score POST rejected: 1 validation error(s)"
     assert second.levelno == logging.ERROR and second.exc_info is not None
+
+
+def test_serve_command_execs_bentoml_on_loopback(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from plantwatch.cli import app
+    from plantwatch.cli import serve as serve_cli
+
+    captured: dict[str, Any] = {}
+
+    def fake_execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        captured.update(path=path, argv=argv, env=env)
+
+    monkeypatch.setattr(serve_cli.os, "execve", fake_execve)
+    result = CliRunner().invoke(app, ["serve", "--port", "3999"])
+    assert result.exit_code == 0, result.output
+    argv = captured["argv"]
+    assert argv[1:3] == ["serve", "services.service:Detector"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "3999"
+    assert (Path(argv[argv.index("--working-dir") + 1]) / "services" / "service.py").is_file()
+    assert (
+        captured["env"]["PLANTWATCH_ROOT"] == str(project)
+        and captured["env"]["BENTOML_DO_NOT_TRACK"] == "true"
+    )

@@ -383,7 +383,8 @@ def validate_frame(
         if reason == REASON_STUCK:
             parts = _stuck_reasons(prepared, ids, data, validate)
             if level == "warning":
-                warnings.update({str(k): int(v) for k, v in parts[REASON].value_counts(sort=False).items()})
+                counts = parts[REASON].value_counts()
+                warnings.update({str(k): int(counts[k]) for k in sorted(counts.index)})
                 continue
             row_parts.append(parts)
         elif level == "warning":
