@@ -135,7 +135,7 @@ class RetrainRouter:
             reason=payload["reason"],
             batch_id=request.batch_id,
             route=self.route,
-            event=cfg.drift_event if self.route == ROUTE_EVENT else None,
+            drift_event=cfg.drift_event if self.route == ROUTE_EVENT else None,
             drift_share=request.drift_share,
             drifted_sensors=request.drifted_sensors,
         )

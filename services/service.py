@@ -4,8 +4,9 @@ Run: ``bentoml serve services.service:Detector`` (or ``make serve`` / ``plantwat
 project folder (or with ``PLANTWATCH_ROOT`` set). Binds 127.0.0.1 unless ``--host`` says otherwise.
 
 The model is NOT baked into the service: at start (and whenever ``registry/production.json``
-changes) the service loads the version the registry pointer names, hash-verified, and swaps it in
-without a restart. ``/readyz`` answers 503 until a verified model is loaded.
+changes) the service loads the version the registry pointer names, hash-verified and smoke-tested
+(it must score a probe reading), and swaps it in without a restart. ``/readyz`` answers 503 until a
+verified model is loaded.
 
 Endpoints (all API calls are POST with a JSON body):
     /score     {"readings": [...]} -> {"request_id", "model_version", "window", "results": [...]}
@@ -17,9 +18,10 @@ Endpoints (all API calls are POST with a JSON body):
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from starlette.responses import Response
 
 from plantwatch import serving
@@ -32,6 +34,9 @@ PARAMS = load_params(PATHS.params)
 SERVE = PARAMS.serve
 #: Built from the data contract's sensors, so OpenAPI lists every sensor and unknown keys are 400.
 ScoreRequest = serving.build_request_model(PARAMS.data.sensor_names, SERVE)
+#: The APIs take the raw JSON body and validate it in plantwatch.serving (in the worker thread, with
+#: error answers that never echo the input); /docs.json still documents the real models.
+JsonBody = Annotated[str, ContentType(serving.JSON_MEDIA_TYPE)]
 
 
 logging.getLogger(serving.BENTOML_API_LOGGER).addFilter(serving.ClientErrorLogFilter())
@@ -49,7 +54,7 @@ class Detector:
     """Anomaly scores, decisions (normal/review/alert), rules and explanations for telemetry."""
 
     def __init__(self) -> None:
-        self.app = serving.build_app(PARAMS, PATHS)
+        self.app = serving.build_app(PARAMS, PATHS, request_model=ScoreRequest)
         _RUNNING["app"] = self.app
         self.app.start()
 
@@ -60,20 +65,20 @@ class Detector:
     def close(self) -> None:
         self.app.close()
 
-    @bentoml.api(route="/score", input_spec=ScoreRequest, output_spec=serving.ScoreResponse)
-    def score(self, readings: list[Any]) -> Response:
+    @bentoml.api(route="/score", output_spec=serving.ScoreResponse)
+    def score(self, body: JsonBody, /) -> Response:
         """Score a window of readings; one result per reading, in request order."""
-        return _response(self.app.score(readings))
+        return _response(self.app.score_body(body))
 
-    @bentoml.api(route="/model", input_spec=serving.EmptyRequest, output_spec=serving.ModelInfo)
-    def model(self) -> Response:
+    @bentoml.api(route="/model", output_spec=serving.ModelInfo)
+    def model(self, body: JsonBody, /) -> Response:
         """The version being served, what the registry pointer names, and its model card summary."""
-        return _response(self.app.model())
+        return _response(self.app.model_body(body))
 
-    @bentoml.api(route="/feedback", input_spec=FeedbackPayload, output_spec=serving.FeedbackReply)
-    def feedback(self, ctx: bentoml.Context, **payload: Any) -> Response:
+    @bentoml.api(route="/feedback", output_spec=serving.FeedbackReply)
+    def feedback(self, body: JsonBody, /, ctx: bentoml.Context) -> Response:
         """A reviewer's verdict on a queued item (``id``) or on any reading (``asset`` + ``timestamp``)."""
-        reply = self.app.feedback(payload, dict(ctx.request.headers))
+        reply = self.app.feedback_body(body, dict(ctx.request.headers))
         ctx.response.status_code = reply.status  # with a ctx parameter BentoML takes the status from it
         return _response(reply)
 

@@ -72,3 +72,14 @@ def small_fleet(sim_params: Params) -> pd.DataFrame:
     return simulate_fleet(
         sim_params.simulate, sim_params.data, assets=SMALL_FLEET_ASSETS, days=SMALL_FLEET_DAYS
     )
+
+
+# --- Prefect ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (it takes 10-25 s to start here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    with prefect_test_harness(server_startup_timeout=None):
+        yield

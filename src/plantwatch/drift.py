@@ -6,8 +6,9 @@ snapshot, the HTML report and the new state.
 
 Why the test is calibrated the way it is (README "Drift monitoring" has the numbers):
 
-* Evidently's default (normed Wasserstein, threshold 0.1) flags most clean 50–100-row batches and KS
-  flags 0.02 sigma shifts once a batch has 100k rows. plantwatch measures drift as an *effect size*:
+* Evidently's default (normed Wasserstein, threshold 0.1) and KS flag every clean daily batch of the
+  simulated fleet, and KS flags 0.02 sigma shifts once a batch has 100k rows. plantwatch measures
+  drift as an *effect size*:
   normed Wasserstein is the distance between the two distributions in units of the reference
   standard deviation, so its threshold means the same thing at 1k and at 100k rows.
 * Sampling noise of that effect size grows as a batch shrinks, and telemetry has daily cycles: two

@@ -36,6 +36,8 @@ IQR_TO_SIGMA = 1.349
 #: numerical stabiliser for collinear sensors, far too small to bias a well-posed fit.
 _RIDGE = 1e-4
 _TINY = 1e-12
+#: Head rows (first readings of an asset) recomputed per vectorised batch in ``_rolling_stats``.
+_HEAD_CHUNK = 4096
 #: Every feature kind that ``FeatureBuilder`` can emit, per sensor (rolling stats come from ``stats``).
 PER_SENSOR_KINDS = ("dev", "roc", "resid", "stuck", "missing")
 ROLLING_STATS = ("mean", "std", "min", "max", "slope")
@@ -97,27 +99,43 @@ class _SortedRows:
     pos: np.ndarray
 
 
-def _rolling_mean(z: np.ndarray, codes: np.ndarray, window: int) -> np.ndarray:
-    """Trailing per-asset mean over ``window`` readings (``min_periods=1``)."""
-    frame = pd.DataFrame(z)
-    return frame.groupby(codes, sort=False).rolling(window, min_periods=1).mean().to_numpy()
+def _segment_heads(pos: np.ndarray, window: int) -> np.ndarray:
+    """Rows whose trailing window would reach back past the start of their asset's readings."""
+    return np.flatnonzero((pos < window - 1) & (np.arange(len(pos)) > pos))
+
+
+def _head_windows(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, window: int) -> tuple[np.ndarray, ...]:
+    """Readings of the (shortened) windows of ``rows``: values (r, w-1, s), validity, offsets."""
+    ks = np.arange(window - 1)
+    valid = ks[None, :] <= pos[rows][:, None]
+    vals = z[np.clip(rows[:, None] - ks[None, :], 0, None)]
+    return vals, valid[:, :, None], ks
+
+
+def _rolling_mean(z: np.ndarray, pos: np.ndarray, window: int) -> np.ndarray:
+    """Trailing per-asset mean over ``window`` readings (``min_periods=1``); see ``_rolling_stats``."""
+    return _rolling_stats(z, pos, window, ("mean",))["mean"]
 
 
 def _rolling_stats(
-    z: np.ndarray, codes: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str], mean: np.ndarray
+    z: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Trailing (causal) rolling statistics per asset with ``min_periods=1``.
+    """Trailing (causal) per-asset rolling mean/std/min/max/slope with ``min_periods=1``.
 
-    ``groupby(asset).rolling`` keeps each asset's window inside its own rows; the input is sorted by
-    asset so the result comes back in the same row order. The slope is the least-squares slope of the
-    readings against their position (per reading), from rolling means: cov(i, z) / var(i), where the
+    ``z`` is sorted by (asset, time) and ``pos`` is each row's position inside its asset. One plain
+    ``rolling`` over all rows is fast (no groupby sorting); it is exact except in the first
+    ``window - 1`` rows of each asset, whose windows would reach into the previous asset. Those few
+    "head" rows are recomputed from their own asset's readings only (vectorised over rows, a loop
+    only over chunks of heads), so no asset's statistics ever see another asset's data.
+
+    The slope is the least-squares slope per reading: cov(i, z) / var(i) over the window, where the
     variance of ``n`` consecutive integers is (n² - 1) / 12.
     """
-    cols = list(range(z.shape[1]))
-    frame = pd.DataFrame(z, columns=cols)
-    grouped = frame.groupby(codes, sort=False)
-    roll = grouped.rolling(window, min_periods=1)
+    frame = pd.DataFrame(z)
+    roll = frame.rolling(window, min_periods=1)
     out: dict[str, np.ndarray] = {}
+    need_mean = "mean" in stats or "slope" in stats
+    mean = roll.mean().to_numpy() if need_mean else None
     if "mean" in stats:
         out["mean"] = mean
     if "std" in stats:
@@ -127,17 +145,42 @@ def _rolling_stats(
     if "max" in stats:
         out["max"] = roll.max().to_numpy()
     if "slope" in stats:
-        n = np.minimum(pos + 1, window).astype(np.float64)[:, None]
-        ipos = pos.astype(np.float64)
-        iz = pd.DataFrame(z * ipos[:, None], columns=cols).groupby(codes, sort=False)
-        mean_iz = iz.rolling(window, min_periods=1).mean().to_numpy()
-        mean_i = ipos[:, None] - (n - 1.0) / 2.0  # mean of the n consecutive positions ending here
+        idx = np.arange(len(z), dtype=np.float64)
+        mean_iz = pd.DataFrame(z * idx[:, None]).rolling(window, min_periods=1).mean().to_numpy()
+        n = np.minimum(idx + 1, window)[:, None]
+        mean_i = idx[:, None] - (n - 1.0) / 2.0  # mean of the n consecutive indices ending here
         var_i = (n * n - 1.0) / 12.0
-        cov = mean_iz - mean_i * mean
         with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.where(var_i > 0, cov / var_i, 0.0)
-        out["slope"] = slope
+            out["slope"] = np.where(var_i > 0, (mean_iz - mean_i * mean) / var_i, 0.0)
+    heads = _segment_heads(pos, window)
+    for lo in range(0, len(heads), _HEAD_CHUNK):
+        _fix_heads(z, pos, heads[lo:lo + _HEAD_CHUNK], window, out)
     return out
+
+
+def _fix_heads(
+    z: np.ndarray, pos: np.ndarray, rows: np.ndarray, window: int, out: dict[str, np.ndarray]
+) -> None:
+    """Exact statistics of the shortened windows of ``rows`` (see ``_rolling_stats``)."""
+    vals, valid, ks = _head_windows(z, pos, rows, window)
+    cnt = (pos[rows] + 1).astype(np.float64)[:, None]
+    mean = np.where(valid, vals, 0.0).sum(axis=1) / cnt
+    if "mean" in out:
+        out["mean"][rows] = mean
+    if "std" in out:
+        out["std"][rows] = np.sqrt(np.where(valid, (vals - mean[:, None, :]) ** 2, 0.0).sum(axis=1) / cnt)
+    if "min" in out:
+        out["min"][rows] = np.where(valid, vals, np.inf).min(axis=1)
+    if "max" in out:
+        out["max"][rows] = np.where(valid, vals, -np.inf).max(axis=1)
+    if "slope" in out:
+        t = -ks.astype(np.float64)[None, :, None]  # time of each reading relative to the current one
+        t_mean = np.where(valid, t, 0.0).sum(axis=1, keepdims=True) / cnt[:, :, None]
+        dt = np.where(valid, t - t_mean, 0.0)
+        var_t = (dt**2).sum(axis=1)
+        cov = (dt * (vals - mean[:, None, :])).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["slope"][rows] = np.where(var_t > 0, cov / var_t, 0.0)
 
 
 def frame_sha256(df: pd.DataFrame) -> str:
@@ -256,7 +299,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             assets = df[schema.ASSET].astype(str).to_numpy()
         else:
             assets = np.full(len(df), self.default_asset, dtype=object)
-        _, codes = np.unique(assets, return_inverse=True)
+        codes, _ = pd.factorize(assets)  # hashing, not sorting: the asset order itself is irrelevant
         if schema.TIMESTAMP in df.columns:
             ts = pd.to_datetime(df[schema.TIMESTAMP]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
             order = np.lexsort((np.arange(len(df)), ts, codes))
@@ -332,17 +375,17 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         med, scale = self._baseline_rows(assets)
         missing = np.isnan(values)
         z = ((np.where(missing, med, values) - med) / scale)[order]
-        _, codes = np.unique(assets[order], return_inverse=True)
+        codes, _ = pd.factorize(assets[order])
         starts = _segment_starts(codes)
         return _SortedRows(z=z, raw=values[order], missing=missing[order], codes=codes, starts=starts,
                            pos=_position_in_segment(starts))
 
     def _window_means(self, rows: _SortedRows) -> dict[int, np.ndarray]:
-        return {int(w): _rolling_mean(rows.z, rows.codes, int(w)) for w in self.windows}
+        return {int(w): _rolling_mean(rows.z, rows.pos, int(w)) for w in self.windows}
 
     def _baseline_rows(self, assets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row median and scale; unknown assets get the fleet baseline."""
-        uniq, inv = np.unique(assets, return_inverse=True)
+        inv, uniq = pd.factorize(assets)
         med_tab = np.vstack([self.asset_median_.get(str(a), self.fleet_median_) for a in uniq])
         scale_tab = np.vstack([self.asset_scale_.get(str(a), self.fleet_scale_) for a in uniq])
         unknown = [str(a) for a in uniq if str(a) not in self.asset_median_]
@@ -437,26 +480,36 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             return pd.DataFrame(imputed, index=X.index, columns=self.feature_names_out_)
 
         rows = self._sorted_rows(values, assets, order)
+        del values
         means = self._window_means(rows)
         z = rows.z
-        blocks: dict[str, np.ndarray] = {"dev": z, "roc": _diff_in_segment(z, rows.starts)}
+        # each block is written into the float32 output as soon as it exists, to keep peak memory low
+        out = np.empty((n, len(self.feature_names_out_)), dtype=np.float32, order="F")  # column writes
+        col_of = {name: i for i, name in enumerate(self.feature_names_out_)}
+
+        def put(kind: str, arr: np.ndarray) -> None:
+            out[:, [col_of[f"{s}__{kind}"] for s in self.sensors_]] = arr
+
+        put("dev", z)
+        put("roc", _diff_in_segment(z, rows.starts))
         for w in self.windows:
-            stats = _rolling_stats(z, rows.codes, rows.pos, int(w), self.stats, means[int(w)])
-            blocks.update({f"{stat}_{w}": arr for stat, arr in stats.items()})
+            stats = _rolling_stats(z, rows.pos, int(w), [k for k in self.stats if k != "mean"])
+            if "mean" in self.stats:
+                put(f"mean_{w}", means[int(w)])
+            for stat, arr in stats.items():
+                put(f"{stat}_{w}", arr)
         if self.use_residuals_:
             resid = self._residuals(z, means)
-            blocks["resid"] = resid
+            put("resid", resid)
             for w in self.windows:
-                blocks[f"resid_mean_{w}"] = _rolling_mean(resid, rows.codes, int(w))
-        blocks["stuck"] = np.minimum(_run_length(rows.raw, rows.starts), self.stuck_cap) / self.stuck_cap
-        blocks["missing"] = rows.missing.astype(np.float64)
-
-        out = np.empty((n, len(self.feature_names_out_)), dtype=np.float32)
-        col_of = {name: i for i, name in enumerate(self.feature_names_out_)}
-        for kind, arr in blocks.items():
-            for j, s in enumerate(self.sensors_):
-                out[order, col_of[f"{s}__{kind}"]] = arr[:, j]
-        return pd.DataFrame(out, index=X.index, columns=self.feature_names_out_)
+                put(f"resid_mean_{w}", _rolling_mean(resid, rows.pos, int(w)))
+        put("stuck", np.minimum(_run_length(rows.raw, rows.starts), self.stuck_cap) / self.stuck_cap)
+        put("missing", rows.missing)
+        if not np.array_equal(order, np.arange(n)):
+            unsorted = np.empty_like(out)
+            unsorted[order] = out
+            out = unsorted
+        return pd.DataFrame(out, index=X.index, columns=self.feature_names_out_, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -266,7 +266,9 @@ def plan_landing(landing_dir: Path, manifest: dict[str, dict]) -> list[LandingFi
         if p.is_file() and _is_supported(p) and not p.name.startswith(".")
     )
     hashes = {name: file_sha256(landing_dir / name) for name in rel_names}
-    owner = {sha: entry["file"] for sha, entry in manifest.items() if hashes.get(entry.get("file")) == sha}
+    owner = {
+        sha: entry["file"] for sha, entry in manifest.items() if hashes.get(str(entry.get("file"))) == sha
+    }
     plan: list[LandingFile] = []
     for name in rel_names:
         sha = hashes[name]

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
 from numbers import Integral, Real
 from typing import Any
 
@@ -25,12 +28,14 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.covariance import EmpiricalCovariance, MinCovDet
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from plantwatch import schema
-from plantwatch.config.train import ModelConfig
+from plantwatch.config.train import FeaturesConfig, ModelConfig
+from plantwatch.features import FeatureBuilder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ assert schema.HIGHER_IS_MORE_ANOMALOUS, "anomaly_score below is written for 'hig
 
 #: IQR of a standard normal: IQR / 1.349 is a sigma-like robust scale.
 IQR_TO_SIGMA = 1.349
+#: Rows scored at a time (bounds float64 temporaries to a few tens of MB at any width).
+_CHUNK_ROWS = 65_536
 #: Names of the member detectors, in the order of ``detector_weights_``.
 DETECTORS = ("zscore", "iforest", "covariance", "pca_residual")
 
@@ -109,11 +116,11 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         n_estimators: int = 100,
         max_samples: int = 256,
         n_components: int = 8,
-        top_k: int = 3,
+        top_k: int = 10,
         w_zscore: float = 1.0,
         w_iforest: float = 1.0,
         w_covariance: float = 1.0,
-        w_pca_residual: float = 1.0,
+        w_pca_residual: float = 0.0,
         combine: str = "mean",
         z_clip: float = 20.0,
         tail_quantile: float = 0.99,
@@ -147,7 +154,10 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
     # -- fit ----------------------------------------------------------------------------------------
 
     def fit(self, X: Any, y: object = None) -> EnsembleDetector:
-        """Fit every member detector on (a seeded sample of) X and learn how to normalise its scores."""
+        """Fit every member detector on (a seeded sample of) X and learn how to normalise its scores.
+
+        ``y`` is ignored: the detector is unsupervised (fit it on data taken as normal).
+        """
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         weights = self._weights()
@@ -155,38 +165,40 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             raise ValueError("EnsembleDetector needs at least one detector weight > 0")
         rng = check_random_state(self.random_state)
         n, p = X.shape
-        fit_idx = np.sort(rng.choice(n, self.max_fit_rows, replace=False)) if n > self.max_fit_rows else None
-        sample = X if fit_idx is None else X[fit_idx]
-
+        sample = X[np.sort(rng.choice(n, self.max_fit_rows, replace=False))] if n > self.max_fit_rows else X
         sample64 = np.asarray(sample, dtype=np.float64)
         self.center_, self.scale_ = _robust_center_scale(sample64)
         _, self.tail_down_, self.tail_up_ = _tail_scales(sample64, self.tail_quantile)
-        z = self._z(sample)
-        seed = rng.randint(np.iinfo(np.int32).max)
         self.detector_weights_ = weights
-        self.iforest_ = None
-        self.pca_ = None
-        self.covariance_ = None
+        self.joint_columns_ = self._joint_columns(p)
+        self.iforest_: IsolationForest | None = None
+        self.pca_: PCA | None = None
+        self.covariance_: EmpiricalCovariance | None = None
+        z = self._z(sample64)
         if weights[1] > 0:
             self.iforest_ = IsolationForest(
                 n_estimators=self.n_estimators,
                 max_samples=min(self.max_samples, len(z)),
-                random_state=seed,
+                random_state=rng.randint(np.iinfo(np.int32).max),
             ).fit(z)
-        self.joint_columns_ = self._joint_columns(p)
         if weights[2] > 0 or weights[3] > 0:
             self._fit_covariance(z[:, self.joint_columns_], rng)
-        raw = self._member_scores(z)
+        raw = self._raw_scores(sample64)
         self.score_center_ = np.median(raw, axis=0)
         self.score_scale_ = _robust_center_scale(raw)[1]
         combined = self._combine(raw)
         self.offset_ = float(np.percentile(-combined, 100.0 * self.contamination))
-        log.debug("EnsembleDetector fitted on %d rows x %d features (sample %d)", n, p, len(z))
+        log.debug("EnsembleDetector fitted on %d rows x %d features (sample %d)", n, p, len(sample))
         return self
 
     def _joint_columns(self, p: int) -> np.ndarray:
-        """Columns the joint (covariance / PCA) detectors use: features whose name ends in one of
-        ``joint_kinds`` (``FeatureBuilder`` names are ``<sensor>__<kind>``); all without names."""
+        """Columns the joint (covariance / PCA) detectors use.
+
+        Features whose name ends in one of ``joint_kinds`` (``FeatureBuilder`` names are
+        ``<sensor>__<kind>``); all columns when X has no feature names or nothing matches. The
+        default ("dev": every sensor's current deviation from its asset baseline) makes the robust
+        covariance a per-asset-normalised, robust version of what a detector on raw readings sees.
+        """
         names = getattr(self, "feature_names_in_", None)
         if self.joint_kinds is None or names is None:
             return np.arange(p)
@@ -197,23 +209,23 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
     def _weights(self) -> np.ndarray:
         return np.array([self.w_zscore, self.w_iforest, self.w_covariance, self.w_pca_residual], dtype=float)
 
-    def _z(self, X: np.ndarray) -> np.ndarray:
-        """Robust per-feature z-scores, clipped to +-z_clip (float32 keeps 1M-row scoring light)."""
-        z = (np.asarray(X, dtype=np.float64) - self.center_) / self.scale_
-        return np.clip(z, -self.z_clip, self.z_clip).astype(np.float32)
+    def _z(self, X64: np.ndarray) -> np.ndarray:
+        """Robust per-feature z-scores (median / IQR), clipped to +-z_clip, as float32."""
+        z = (X64 - self.center_) / self.scale_
+        return np.clip(z, -self.z_clip, self.z_clip, out=z).astype(np.float32)
 
-    def _tail_z(self, z: np.ndarray) -> np.ndarray:
-        """|z| in units of each feature's own training tail (see ``_tail_scales``), clipped."""
-        d = z.astype(np.float64) * self.scale_  # back to feature units, relative to the median
+    def _tail_z(self, X64: np.ndarray) -> np.ndarray:
+        """|x - median| in units of each feature's own training tail (see ``_tail_scales``), clipped."""
+        d = X64 - self.center_
         t = np.abs(d) / np.where(d >= 0, self.tail_up_, self.tail_down_)
-        return np.minimum(t, self.z_clip)
+        return np.minimum(t, self.z_clip, out=t)
 
     def _fit_covariance(self, z: np.ndarray, rng: np.random.RandomState) -> None:
         """PCA on the z space, robust covariance (MinCovDet) of the leading components.
 
         MinCovDet is fitted on at most ``mcd_max_rows`` rows (its cost grows fast with n); if it
-        cannot find a non-singular subset (constant or collinear data) the plain covariance with a
-        pseudo-inverse is used instead, so fitting never fails on degenerate but valid input.
+        cannot find a non-singular subset (constant or collinear data) the plain covariance is used
+        instead, so fitting never fails on degenerate but valid input.
         """
         k = int(min(self.n_components, z.shape[1], max(z.shape[0] - 1, 1)))
         self.pca_ = PCA(n_components=k, random_state=rng.randint(np.iinfo(np.int32).max)).fit(z)
@@ -221,6 +233,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         if len(scores) > self.mcd_max_rows:
             scores = scores[rng.choice(len(scores), self.mcd_max_rows, replace=False)]
         with warnings.catch_warnings():
+            # "covariance matrix not full rank" on constant data: handled by the fallback below
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             try:
@@ -228,13 +241,28 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             except (ValueError, np.linalg.LinAlgError):
                 self.covariance_ = EmpiricalCovariance().fit(scores)
 
-    def _member_scores(self, z: np.ndarray) -> np.ndarray:
-        """Raw member scores (higher = more anomalous), one column per detector; unused ones are 0."""
-        n = z.shape[0]
-        out = np.zeros((n, len(DETECTORS)))
-        absz = self._tail_z(z)
-        k = min(self.top_k, z.shape[1])
-        out[:, 0] = np.partition(absz, z.shape[1] - k, axis=1)[:, z.shape[1] - k:].mean(axis=1)
+    def _raw_scores(self, X: np.ndarray) -> np.ndarray:
+        """Raw member scores (higher = more anomalous), one column per detector; unused ones are 0.
+
+        Computed in row chunks so that scoring a million rows never holds more than one chunk's
+        float64 temporaries.
+        """
+        out = np.zeros((X.shape[0], len(DETECTORS)))
+        for lo in range(0, X.shape[0], _CHUNK_ROWS):
+            X64 = np.asarray(X[lo:lo + _CHUNK_ROWS], dtype=np.float64)
+            out[lo:lo + len(X64)] = self._raw_chunk(X64)
+        return out
+
+    def _raw_chunk(self, X64: np.ndarray) -> np.ndarray:
+        out = np.zeros((X64.shape[0], len(DETECTORS)))
+        p = X64.shape[1]
+        if self.detector_weights_[0] > 0:
+            k = min(self.top_k, p)
+            tail = self._tail_z(X64)
+            out[:, 0] = np.partition(tail, p - k, axis=1)[:, p - k:].mean(axis=1)
+        if self.iforest_ is None and self.pca_ is None:
+            return out
+        z = self._z(X64)
         if self.iforest_ is not None:
             out[:, 1] = -self.iforest_.score_samples(z)
         if self.pca_ is not None:
@@ -242,11 +270,13 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             proj = self.pca_.transform(zj)
             if self.covariance_ is not None:
                 out[:, 2] = np.sqrt(np.maximum(self.covariance_.mahalanobis(proj), 0.0))
-            recon = self.pca_.inverse_transform(proj)
-            out[:, 3] = np.sqrt(((zj - recon) ** 2).mean(axis=1))
+            if self.detector_weights_[3] > 0:
+                recon = self.pca_.inverse_transform(proj)
+                out[:, 3] = np.sqrt(((zj - recon) ** 2).mean(axis=1))
         return out
 
     def _normalised(self, raw: np.ndarray) -> np.ndarray:
+        """Each member's score as a robust z of its own training scores (a common scale)."""
         return (raw - self.score_center_) / self.score_scale_
 
     def _combine(self, raw: np.ndarray) -> np.ndarray:
@@ -259,11 +289,13 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
 
     # -- scores -------------------------------------------------------------------------------------
 
+    def _checked(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "offset_")
+        return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Anomaly score per row: HIGHER = MORE anomalous (``schema.HIGHER_IS_MORE_ANOMALOUS``)."""
-        check_is_fitted(self, "offset_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._combine(self._member_scores(self._z(X)))
+        return self._combine(self._raw_scores(self._checked(X)))
 
     def score(self, X: Any, y: object = None) -> np.ndarray:
         """Alias of ``anomaly_score`` (per-row, higher = more anomalous); ``y`` is ignored."""
@@ -283,20 +315,24 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
 
     def member_scores(self, X: Any) -> dict[str, np.ndarray]:
         """Normalised score of each member detector (for reports and debugging)."""
-        check_is_fitted(self, "offset_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        norm = self._normalised(self._member_scores(self._z(X)))
+        norm = self._normalised(self._raw_scores(self._checked(X)))
         return {name: norm[:, i] for i, name in enumerate(DETECTORS) if self.detector_weights_[i] > 0}
 
     def feature_contributions(self, X: Any) -> np.ndarray:
-        """How far each feature pushed a row towards "anomalous": its clipped robust |z| (n, features).
+        """How far each feature pushed a row towards "anomalous" (n_rows, n_features), >= 0.
+
+        The feature's distance from its training median in units of its own training tail (the
+        z-score detector's view): 1 = as unusual as the most extreme 1 % of training, clipped at
+        ``z_clip``.
 
         The bundle sums these per source sensor (``FeatureBuilder.feature_sensor_``) to report the
         sensors behind an alert.
         """
-        check_is_fitted(self, "offset_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._tail_z(self._z(X))
+        X = self._checked(X)
+        out = np.empty(X.shape, dtype=np.float64)
+        for lo in range(0, X.shape[0], _CHUNK_ROWS):
+            out[lo:lo + _CHUNK_ROWS] = self._tail_z(np.asarray(X[lo:lo + _CHUNK_ROWS], dtype=np.float64))
+        return out
 
 
 class BaselineDetector(OutlierMixin, BaseEstimator):
@@ -323,7 +359,8 @@ class BaselineDetector(OutlierMixin, BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """sklearn convention: higher = more normal."""
-        return self.iforest_.score_samples(self._checked(X))
+        X = self._checked(X)
+        return self.iforest_.score_samples(X)
 
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Anomaly score per row: HIGHER = MORE anomalous."""
@@ -348,3 +385,97 @@ class BaselineDetector(OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
+
+
+# ---------------------------------------------------------------------------------------------------
+# candidates and hyperparameter selection
+# ---------------------------------------------------------------------------------------------------
+
+CANDIDATE_KINDS = ("baseline", "custom")
+
+
+def make_candidate(
+    kind: str,
+    features: FeaturesConfig,
+    model: ModelConfig,
+    sensors: Sequence[str],
+    *,
+    default_asset: str = "asset-0",
+    seed: int = 0,
+    overrides: Mapping[str, object] | None = None,
+) -> tuple[FeatureBuilder, EnsembleDetector | BaselineDetector]:
+    """Unfitted (features, detector) pair of a candidate, as the params describe it.
+
+    "baseline": raw (imputed) sensor columns + ``BaselineDetector`` (IsolationForest defaults).
+    "custom": engineered features + ``EnsembleDetector`` with ``train.model`` (plus ``overrides``,
+    e.g. the parameters ``select_hyperparameters`` picked). Fit the builder on the training rows,
+    transform the whole frame (features need history), fit the detector on the training rows.
+    """
+    if kind not in CANDIDATE_KINDS:
+        raise ValueError(f"unknown candidate kind {kind!r}; choose one of {', '.join(CANDIDATE_KINDS)}")
+    builder = FeatureBuilder.from_config(
+        features, sensors, default_asset=default_asset, raw=kind == "baseline", random_state=seed
+    )
+    if kind == "baseline":
+        return builder, BaselineDetector(random_state=seed)
+    detector = EnsembleDetector.from_config(model, random_state=seed)
+    if overrides:
+        detector.set_params(**dict(overrides))
+    return builder, detector
+
+
+def grid_candidates(model: ModelConfig) -> list[dict[str, object]]:
+    """Every combination of ``train.model.grid`` as estimator overrides; ``[{}]`` for an empty grid."""
+    keys = sorted(model.grid)
+    return [dict(zip(keys, values, strict=True)) for values in product(*(model.grid[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class CVFold:
+    """One time-ordered fold: features to fit on (earlier rows) and labelled rows to score (later)."""
+
+    X_fit: Any
+    X_eval: Any
+    y_eval: np.ndarray
+
+
+@dataclass(frozen=True)
+class HyperparameterSearch:
+    """Result of ``select_hyperparameters``: the chosen overrides and every candidate's fold scores."""
+
+    best_params: dict[str, object]
+    results: list[dict[str, object]]
+
+
+def select_hyperparameters(
+    folds: Sequence[CVFold],
+    model: ModelConfig,
+    *,
+    seed: int = 0,
+    metric: Callable[[np.ndarray, np.ndarray], float] = average_precision_score,
+) -> HyperparameterSearch:
+    """Pick the ``train.model.grid`` point with the best mean ``metric`` (PR-AUC) over time-ordered folds.
+
+    The caller builds the folds (features fitted and computed without looking past each fold's fit
+    period) — the same folds as its cross-validation — so the model never chooses its settings on
+    the holdout. Folds whose evaluation rows hold a single class cannot rank anything and are
+    skipped; if none is usable the params' values are kept (``best_params == {}``). Ties keep the
+    earlier grid point, so the result is deterministic.
+    """
+    candidates = grid_candidates(model)
+    usable = [f for f in folds if len(np.unique(np.asarray(f.y_eval))) == 2]
+    if len(candidates) == 1 or not usable:
+        if len(candidates) > 1:
+            log.warning("no fold has both normal and anomalous rows: keeping train.model as configured")
+        return HyperparameterSearch(best_params={}, results=[])
+    results: list[dict[str, object]] = []
+    for params in candidates:
+        scores = []
+        for fold in usable:
+            det = EnsembleDetector.from_config(model, random_state=seed).set_params(**params)
+            det.fit(fold.X_fit)
+            scores.append(float(metric(np.asarray(fold.y_eval), det.anomaly_score(fold.X_eval))))
+        results.append({"params": params, "fold_scores": scores, "mean": float(np.mean(scores))})
+        log.info("grid point %s: mean %.4f over %d folds", params, np.mean(scores), len(scores))
+    best = max(range(len(results)), key=lambda i: (results[i]["mean"], -i))
+    return HyperparameterSearch(best_params=dict(candidates[best]), results=results)

@@ -50,6 +50,10 @@ KILL_GRACE_S = 10.0
 PARTITION_PREFIX = "date="
 
 
+#: The last DVC stage; a retrain reproduces everything upstream of it.
+PROMOTE_STAGE = "promote"
+
+
 class PipelineError(PlantwatchError):
     """``dvc repro`` failed for another reason than a gate (a broken stage, a lock, bad data)."""
 

@@ -150,7 +150,8 @@ def normalize_timestamp(value: Any) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"timestamp {value!r} is not a date/time") from err
+        # The value is not repeated: this message reaches HTTP clients (POST /feedback must not echo input).
+        raise ValueError("timestamp is not a date/time (ISO 8601 expected)") from err
     if pd.isna(ts):
         raise ValueError("timestamp is missing")
     if ts.tzinfo is not None:

@@ -9,8 +9,8 @@ enqueues review items — the same steps the service takes per request.
 Rolling features need history: a reading is scored with the readings of its asset that precede it
 *in the same call*, up to ``bundle.window_``. Shorter histories still get a score (features degrade
 to the history there is) and are marked ``full_history = False`` so callers can tell. A repeated
-(asset, timestamp) — typically a retransmission — is scored like any reading, after the earlier
-copy (a stable sort keeps the caller's order among equal timestamps).
+(asset, timestamp) in one call is refused: two readings at one instant would distort the rolling
+features of every reading after them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _MAX_LISTED = 5
 
 
 class InvalidReadings(HttpError):
-    """The readings cannot be scored by this model (unknown asset, missing or non-numeric column).
+    """The readings cannot be scored by this model (unknown asset, duplicate, bad or missing column).
 
     400 in the service, exit code 1 in the CLI.
     """
@@ -86,6 +86,11 @@ def check_readings(frame: pd.DataFrame, *, sensors: Sequence[str], assets: Seque
         raise InvalidReadings("sensor values must be finite numbers or null (got infinity)")
     if frame[schema.TIMESTAMP].isna().any():
         raise InvalidReadings("every reading needs a timestamp")
+    duplicated = frame.duplicated([schema.ASSET, schema.TIMESTAMP]).to_numpy()
+    if duplicated.any():  # two readings of one asset at one instant make the rolling features wrong
+        raise InvalidReadings(
+            f"duplicate (asset, timestamp) in reading(s) {_listed(np.flatnonzero(duplicated))}"
+        )
     unknown = ~frame[schema.ASSET].isin(list(assets))
     if unknown.any():
         rows = np.flatnonzero(unknown.to_numpy())

@@ -45,7 +45,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from plantwatch import inference_log, schema, scoring
 from plantwatch.config import ServeConfig
 from plantwatch.errors import HttpError, PlantwatchError
-from plantwatch.review import check_feedback_token, submit_feedback
+from plantwatch.review import FeedbackPayload, check_feedback_token, submit_feedback
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,28 @@ def error_body(message: str, detail: Any = None) -> dict[str, Any]:
     if detail is not None:
         body["detail"] = detail
     return body
+
+
+#: Stands in for a key the client sent that the schema does not know: keys are client input too.
+UNKNOWN_FIELD = "<unknown field>"
+
+
+def validation_reply_body(err: ValidationError, max_details: int) -> dict[str, Any]:
+    """A 400 body for a failed validation: what and where, never the client's values or keys.
+
+    ``include_input=False`` drops the values; an unknown key is replaced by ``<unknown field>`` in
+    its location (the schema in /docs.json lists the allowed ones). At most ``max_details`` entries.
+    """
+    details = []
+    for e in err.errors(include_url=False, include_context=False, include_input=False)[:max_details]:
+        loc = list(e["loc"])
+        if e["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            loc[-1] = UNKNOWN_FIELD
+        details.append({"loc": loc, "msg": e["msg"], "type": e["type"]})
+    first = details[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return error_body(f"invalid request: {where}: {first['msg']}{more}", details)
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,9 +652,11 @@ class ScoringApp:
 
     holder: ModelHolder
     sensors: list[str]
+    request_model: type[BaseModel]  # build_request_model(sensors, serve config)
     log_writer: Any | None  # plantwatch.inference_log.InferenceLogWriter
     queue_factory: Callable[[], Any]  # -> plantwatch.review.ReviewQueue (opened on first use)
     token_env: str
+    max_error_details: int = 20
     _queue: Any | None = None
 
     @property
@@ -653,7 +677,22 @@ class ScoringApp:
             self._queue = self.queue_factory()
         return self._queue
 
+    def parse(self, model: type[BaseModel], body: str | bytes) -> BaseModel:
+        """Strictly validate a raw JSON body (an empty body counts as ``{}``)."""
+        return model.model_validate_json(body or b"{}")
+
+    def _invalid(self, err: ValidationError) -> Reply:
+        return Reply.json(400, validation_reply_body(err, self.max_error_details))
+
     # -- POST /score ------------------------------------------------------------------------
+    def score_body(self, body: str | bytes) -> Reply:
+        """``POST /score`` from the raw body: parse and validate here, in the worker thread."""
+        try:
+            request = self.parse(self.request_model, body)
+        except ValidationError as err:
+            return self._invalid(err)
+        return self.score(request.readings)  # type: ignore[attr-defined]
+
     def score(self, readings: Sequence[BaseModel]) -> Reply:
         return _guarded("score", lambda: self._score(readings))
 
@@ -691,10 +730,30 @@ class ScoringApp:
         return build
 
     # -- POST /model ------------------------------------------------------------------------
+    def model_body(self, body: str | bytes) -> Reply:
+        try:
+            self.parse(EmptyRequest, body)
+        except ValidationError as err:
+            return self._invalid(err)
+        return self.model()
+
     def model(self) -> Reply:
         return _guarded("model", lambda: Reply.json(200, model_info(self.holder)))
 
     # -- POST /feedback ---------------------------------------------------------------------
+    def feedback_body(self, body: str | bytes, headers: Mapping[str, str]) -> Reply:
+        """Authenticate first (an unauthenticated caller learns nothing about the body), then parse."""
+        expected = os.environ.get(self.token_env) or None
+        given = bearer_token(headers)
+        try:
+            check_feedback_token(given, expected)
+            payload = self.parse(FeedbackPayload, body)
+        except HttpError as err:
+            return Reply.error(err.http_status, str(err))
+        except ValidationError as err:
+            return self._invalid(err)
+        return self.feedback(payload.model_dump(), headers)
+
     def feedback(self, payload: Mapping[str, Any], headers: Mapping[str, str]) -> Reply:
         return _guarded("feedback", lambda: self._feedback(payload, headers))
 
@@ -752,7 +811,13 @@ class RegistrySource:
         return card_summary(self.registry.card(tag))
 
 
-def build_app(params: Any, paths: Any, *, source: ModelSource | None = None) -> ScoringApp:
+def build_app(
+    params: Any,
+    paths: Any,
+    *,
+    source: ModelSource | None = None,
+    request_model: type[BaseModel] | None = None,
+) -> ScoringApp:
     """The service's runtime from params (``plantwatch.config.Params``) and ``ProjectPaths``."""
     from plantwatch.registry import Registry
     from plantwatch.review import ReviewQueue
@@ -768,9 +833,11 @@ def build_app(params: Any, paths: Any, *, source: ModelSource | None = None) -> 
     app = ScoringApp(
         holder=holder,
         sensors=sensors,
+        request_model=request_model or build_request_model(sensors, cfg),
         log_writer=None,
         queue_factory=lambda: ReviewQueue.for_project(paths, params.review),
         token_env=cfg.token_env,
+        max_error_details=cfg.max_error_details,
     )
 
     def enqueue_reviews(file: Path | None, rows: pd.DataFrame) -> None:

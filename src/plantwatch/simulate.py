@@ -629,5 +629,6 @@ def write_defects_sidecar(path: Path | str, defects: dict[str, list[int]], *, se
     """Write the defect row positions next to the data file they describe."""
     target = defects_sidecar(path)
     payload = {"data": Path(path).name, "seed": seed, "rows": rows, "defects": defects}
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload) + "\n")
     return target

@@ -47,6 +47,10 @@ SERVER_START_S = 150
 DEPLOYMENT_READY_S = 90
 RETRAIN_RUN_S = 240
 POLL_S = 1.0
+#: The serving runner looks for new runs this often (default 10 s: most of the event -> run delay).
+RUNNER_POLL_S = 2
+#: Long enough for DVC to start the hanging stage on a busy machine.
+REPRO_TIMEOUT_S = 12
 
 #: The tiny project: small enough for a fast pipeline, loose gates so the first model is promoted,
 #: and a drift policy that acts on one drifted batch (k = m = 1; cooldown as in the repo).
@@ -54,7 +58,10 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "simulate": {"assets": ASSETS, "days": TRAIN_DAYS, "anomaly_rate": 0.06, "faults": {"gap_minutes": 30}},
     "validate": {"data_docs": False},
     "features": {"windows": [5]},
-    "train": {"candidates": ["custom"]},
+    "train": {
+        "candidates": ["custom"],
+        "model": {"n_estimators": 20, "max_fit_rows": 2000, "mcd_max_rows": 300},
+    },
     "scale": {"local_workers": 1},
     "gates": {
         "min_pr_auc": 0.0,
@@ -236,7 +243,7 @@ def test_run_repro_timeout_stops_the_running_stage(tmp_path: Path) -> None:
         "stages:\n  hang:\n    cmd: echo $$ > stage.pid && exec sleep 60\n    outs: [never]\n"
     )
     with pytest.raises(PipelineError, match="did not finish"):
-        orchestration.run_repro(root, timeout_s=8)
+        orchestration.run_repro(root, timeout_s=REPRO_TIMEOUT_S)
     pid = int((root / "stage.pid").read_text())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(pid):
@@ -550,6 +557,7 @@ def test_drift_event_starts_the_retrain_deployment_on_a_real_server(
     env.update(
         PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PLANTWATCH_ROOT=str(paths.root), BENTOML_HOME=str(paths.root / ".bentoml"),
+        PREFECT_RUNNER_POLL_FREQUENCY=str(RUNNER_POLL_S),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     logs = [home / "server.log", tmp_path / "serve.log", tmp_path / "monitor.log"]

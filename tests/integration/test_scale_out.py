@@ -16,14 +16,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def cluster_address() -> Iterator[str]:
-    """An in-process Dask cluster (threads, no dashboard on a public port) and a Prefect API."""
+def cluster_address(prefect_harness: None) -> Iterator[str]:
+    """An in-process Dask cluster (threads, no dashboard on a public port); Prefect API from conftest."""
     from distributed import LocalCluster
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=None), LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0"
-    ) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address="127.0.0.1:0") as cluster:
         yield cluster.scheduler_address
 
 

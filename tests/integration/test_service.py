@@ -337,7 +337,7 @@ def malformed_cases(server: Server) -> dict[str, tuple[bytes, dict[str, str], in
         "NaN as string": (j({"readings": [_reading(server, **{s0: "NaN"})]}), JSON, 400),
         "boolean value": (j({"readings": [_reading(server, **{s0: True})]}), JSON, 400),
         "missing sensor": (j({"readings": [{k: v for k, v in good.items() if k != s0}]}), JSON, 400),
-        "unknown sensor": (j({"readings": [{**good, "torque": 1.0}]}), JSON, 400),
+        "unknown sensor": (j({"readings": [{**good, MARKER: 1.0}]}), JSON, 400),
         "unknown asset": (j({"readings": [_reading(server, asset=MARKER)]}), JSON, 400),
         "missing timestamp": (
             j({"readings": [{k: v for k, v in good.items() if k != "timestamp"}]}),

@@ -198,6 +198,20 @@ def test_unknown_asset_is_refused_without_echoing_it() -> None:
     assert "evil" not in str(err.value) and "pump-1" in str(err.value)
 
 
+def test_a_repeated_reading_is_refused() -> None:
+    frame = pd.DataFrame(
+        {
+            schema.TIMESTAMP: pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:00"]),
+            schema.ASSET: ["pump-1", "pump-1", "pump-1"],
+            "temperature": [1.0, 2.0, 3.0],
+            "vibration": [1.0, 1.0, 1.0],
+        }
+    )
+    with pytest.raises(scoring.InvalidReadings, match=r"duplicate \(asset, timestamp\) in reading\(s\) 2"):
+        scoring.check_readings(frame, sensors=SENSORS, assets=ASSETS)
+    scoring.check_readings(frame.assign(asset=["pump-1", "pump-1", "pump-2"]), sensors=SENSORS, assets=ASSETS)
+
+
 def test_non_finite_model_score_is_a_server_fault_not_a_bad_request() -> None:
     class NaNBundle(OrderSensitiveBundle):
         def score_frame(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -453,6 +467,7 @@ def app(tmp_path: Path) -> Iterator[serving.ScoringApp]:
     scoring_app = serving.ScoringApp(
         holder=holder,
         sensors=SENSORS,
+        request_model=serving.build_request_model(SENSORS, CFG),
         log_writer=None,
         queue_factory=lambda: ReviewQueue(tmp_path / "queue.sqlite"),
         token_env="PW_TEST_TOKEN",
@@ -476,7 +491,14 @@ def test_unknown_asset_is_400_and_not_ready_is_503(app: serving.ScoringApp, requ
     req = request_model.model_validate_json(body(reading("2024-01-01T00:00:00", asset="pump-9")))
     assert app.score(req.readings).status == 400
     empty = serving.ModelHolder(source=FakeSource(), poll_s=1.0, retry_s=1.0)
-    not_ready = serving.ScoringApp(empty, SENSORS, None, lambda: None, "X")
+    not_ready = serving.ScoringApp(
+        holder=empty,
+        sensors=SENSORS,
+        request_model=request_model,
+        log_writer=None,
+        queue_factory=lambda: None,
+        token_env="X",
+    )
     reply = not_ready.score(req.readings)
     assert reply.status == 503 and json.loads(reply.body)["error"].startswith("no verified")
     assert not_ready.model().status == 503
@@ -492,6 +514,37 @@ def test_unexpected_failure_is_a_bare_500(app: serving.ScoringApp, request_model
     reply = app.score(req.readings)
     assert reply.status == 500
     assert json.loads(reply.body) == {"error": serving.INTERNAL_ERROR}
+
+
+def test_raw_bodies_are_validated_without_echoing_values_or_keys(app: serving.ScoringApp) -> None:
+    secret = "zz-client-secret"
+    hostile = body({**reading("2024-01-01T00:00:00", temperature=secret), secret: 1})
+    reply = app.score_body(hostile)
+    assert reply.status == 400 and secret.encode() not in reply.body
+    err = json.loads(reply.body)
+    assert err["error"].startswith("invalid request: readings.0.temperature: Input should be a valid number")
+    assert {"loc": ["readings", 0, serving.UNKNOWN_FIELD], "msg": "Extra inputs are not permitted",
+            "type": "extra_forbidden"} in err["detail"]  # fmt: skip
+    many = app.score_body(json.dumps({"readings": [{"x": i} for i in range(5)]}))
+    assert len(json.loads(many.body)["detail"]) == app.max_error_details < 5 * 5
+    assert app.score_body(b"").status == 400  # empty body = {}: "readings" is missing
+    assert app.score_body(body(reading("2024-01-01T00:00:00"))).status == 200
+
+
+def test_model_body_takes_nothing_or_an_empty_object(app: serving.ScoringApp) -> None:
+    assert app.model_body(b"").status == 200 and app.model_body("{}").status == 200
+    assert app.model_body('{"verbose": true}').status == 400
+
+
+def test_feedback_body_authenticates_before_parsing(
+    app: serving.ScoringApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PW_TEST_TOKEN", "s3cret")
+    assert app.feedback_body(b"not json", {}).status == 401
+    assert app.feedback_body(b"not json", {"authorization": "Bearer s3cret"}).status == 400
+    good = {"asset": "pump-1", "timestamp": "2024-01-01T00:00:00", "verdict": "normal", "by": "bo"}
+    ok = app.feedback_body(json.dumps(good), {"authorization": "Bearer s3cret"})
+    assert ok.status == 200 and json.loads(ok.body)["verdict"] == "normal"
 
 
 def test_model_info(app: serving.ScoringApp) -> None:

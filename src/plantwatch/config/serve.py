@@ -23,6 +23,8 @@ class ServeConfig(StrictModel):
     #: Largest accepted |sensor value|. Far beyond any physical limit (those are the rules' job:
     #: out-of-limit readings are scored and flagged), it keeps the feature math finite.
     max_abs_value: float = Field(default=1e12, gt=0.0)
+    #: Validation problems listed in a 400 answer (the count of all of them is always given).
+    max_error_details: PositiveInt = 20
     #: Name of the environment variable holding the token for state-changing endpoints.
     token_env: str = "PLANTWATCH_API_TOKEN"
     #: How often the service re-reads the production pointer (promotion/rollback without restart).

@@ -36,7 +36,15 @@ class FeaturesConfig(StrictModel):
 
 #: Hyperparameters of ``EnsembleDetector`` that ``train.model.grid`` may vary.
 GridKey = Literal[
-    "n_components", "top_k", "w_zscore", "w_iforest", "w_covariance", "w_pca_residual", "combine", "z_clip"
+    "n_components",
+    "top_k",
+    "w_zscore",
+    "w_iforest",
+    "w_covariance",
+    "w_pca_residual",
+    "combine",
+    "z_clip",
+    "tail_quantile",
 ]
 
 
@@ -51,20 +59,27 @@ class ModelConfig(StrictModel):
     n_estimators: PositiveInt = 100
     max_samples: int = Field(default=256, ge=2)
     n_components: PositiveInt = 8
-    top_k: PositiveInt = 3
+    top_k: PositiveInt = 10
     w_zscore: float = Field(default=1.0, ge=0.0)
     w_iforest: float = Field(default=1.0, ge=0.0)
     w_covariance: float = Field(default=1.0, ge=0.0)
-    w_pca_residual: float = Field(default=1.0, ge=0.0)
+    w_pca_residual: float = Field(default=0.0, ge=0.0)
     combine: Literal["mean", "max"] = "mean"
     z_clip: float = Field(default=20.0, gt=0.0)
+    #: The z-score detector measures each feature in units of its own training tail at this quantile.
+    tail_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
+    #: Feature kinds (``<sensor>__<kind>``) the robust-covariance / PCA detectors look at jointly.
+    joint_kinds: list[str] | None = Field(default_factory=lambda: ["dev"])
     max_fit_rows: int = Field(default=50_000, ge=2)
     mcd_max_rows: int = Field(default=3_000, ge=2)
     grid: dict[GridKey, list[float | int | str]] = Field(default_factory=dict)
 
     def estimator_params(self) -> dict[str, object]:
         """Constructor keyword arguments of ``EnsembleDetector`` (everything but the grid)."""
-        return self.model_dump(exclude={"grid"})
+        params = self.model_dump(exclude={"grid"})
+        if params["joint_kinds"] is not None:
+            params["joint_kinds"] = tuple(params["joint_kinds"])
+        return params
 
 
 class TrainConfig(StrictModel):

@@ -171,11 +171,13 @@ def content_batch_id(frame: pd.DataFrame) -> str:
 
 
 def prepare_frame(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
-    """What the suite runs on: the input plus ``row_id`` (its position) and the type-error marker.
+    """What the suite runs on: the input plus ``row_id`` (its position, as the named index) and the
+    type-error marker.
 
     Nothing is repaired: non-numeric sensor values are coerced *and recorded* (so a frame that did
-    not go through ingest, e.g. a monitoring batch, gets the same wrong-type treatment), and a
-    pandas ``string``/``category`` asset column is represented as object (not a data change).
+    not go through ingest, e.g. a monitoring batch, gets the same wrong-type treatment). Only the
+    representation is made canonical where no value changes: a ``string``/``category`` asset column
+    becomes object, aware or non-ns timestamps become naive-UTC ``datetime64[ns]``.
     """
     out = frame.reset_index(drop=True)
     if schema.ROW_ID in out:  # a stale id from an earlier run would clash with the index name
@@ -185,6 +187,12 @@ def prepare_frame(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
         if isinstance(out[schema.ASSET].dtype, pd.CategoricalDtype | pd.StringDtype):
             col = out[schema.ASSET]
             out[schema.ASSET] = col.astype(object).where(col.notna(), None)
+    if schema.TIMESTAMP in out:  # same instants, canonical representation: naive UTC, ns
+        ts = out[schema.TIMESTAMP]
+        if isinstance(ts.dtype, pd.DatetimeTZDtype):
+            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+        if pd.api.types.is_datetime64_dtype(ts):
+            out[schema.TIMESTAMP] = ts.astype("datetime64[ns]")
     out.index = pd.RangeIndex(len(out), name=schema.ROW_ID)
     return out
 
@@ -208,6 +216,25 @@ def _pct(x: float) -> str:
     return f"{x:.2f}%"
 
 
+def _exception_message(result: Any) -> str | None:
+    """The first error GX caught for this expectation (it nests them per metric), else None."""
+    info = result.exception_info or {}
+    candidates = [info, *(v for v in info.values() if isinstance(v, dict))]
+    for entry in candidates:
+        if entry.get("raised_exception"):
+            return str(entry.get("exception_message") or "unknown error").splitlines()[0]
+    return None
+
+
+def _bad_columns(result: Any) -> list[str]:
+    """Columns a failed schema expectation complains about (missing or wrong dtype)."""
+    if result.success:
+        return []
+    details = (result.result or {}).get("details") or {}
+    mismatched = details.get("mismatched") or {}
+    return [*mismatched.get("missing", []), *(k for k in mismatched if k not in ("missing", "unexpected"))]
+
+
 def _missing_columns(result: Any) -> list[str]:
     details = (result.result or {}).get("details") or {}
     return list((details.get("mismatched") or {}).get("missing") or [])
@@ -218,9 +245,9 @@ def _describe_batch_failure(
 ) -> str | None:
     """Readable text for a failed batch-level expectation (None: nothing new to say)."""
     res = result.result or {}
-    exc = result.exception_info or {}
-    if exc.get("raised_exception"):
-        return f"{reason} (could not be evaluated: {str(exc.get('exception_message')).splitlines()[0]})"
+    error = _exception_message(result)
+    if error is not None:
+        return f"{reason} (could not be evaluated: {error})"
     if reason == REASON_ROW_COUNT:
         return (
             f"{reason}: {res.get('observed_value')} rows, expected {validate.min_rows}..{validate.max_rows}"
@@ -336,6 +363,14 @@ def validate_frame(
             f"but suite {plan.name} has {plan.size}: refusing to trust the verdict"
         )
 
+    # Columns that are missing or of the wrong dtype are reported once; the failures or errors they
+    # cause in other expectations are consequences, not news.
+    broken_columns = {
+        col
+        for res in gx_result.results
+        if meta_of(res.expectation_config).get("reason") in (REASON_MISSING_COLUMN, REASON_COLUMN_TYPE)
+        for col in _bad_columns(res)
+    }
     missing_columns = {
         col
         for res in gx_result.results
@@ -348,10 +383,11 @@ def validate_frame(
     warnings: dict[str, int] = {}
     for res in gx_result.results:
         cfg = res.expectation_config
+        if cfg is None:
+            raise ValidationIntegrityError("GX returned a result without its expectation")
         tag = meta_of(cfg)
         level, reason = tag.get("level", "batch"), tag.get("reason", cfg.type)
-        exc = res.exception_info or {}
-        error = exc.get("exception_message") if exc.get("raised_exception") else None
+        error = _exception_message(res)
         unexpected = (res.result or {}).get("unexpected_count")
         reports.append(
             ExpectationReport(
@@ -368,8 +404,8 @@ def validate_frame(
         if res.success:
             continue
         if level == "batch" or error is not None:
-            if error is not None and _touches(cfg, missing_columns):
-                continue  # a consequence of a missing column, which is reported once
+            if _touches(cfg, broken_columns) or (not len(prepared) and reason != REASON_ROW_COUNT):
+                continue  # a consequence of a broken column / of an empty batch, reported once
             detail = (
                 _not_numbers_detail(_target(cfg), prepared)
                 if reason.startswith(REASON_TOO_MANY_NULLS)

@@ -74,9 +74,8 @@ def run_lengths(keys: pd.Series, values: pd.DataFrame | pd.Series) -> np.ndarray
     """
     order = _asset_order(keys)
     k = keys.to_numpy()[order]
-    v = values.to_numpy(dtype="float64")[order]
-    one_column = v.ndim == 1
-    v = v.reshape(len(k), -1)
+    one_column = isinstance(values, pd.Series)
+    v = values.to_numpy(dtype="float64")[order].reshape(len(k), 1 if one_column else values.shape[1])
     same_asset = np.zeros(len(k), dtype=bool)
     same_asset[1:] = k[1:] == k[:-1]
     lengths = np.empty(v.shape, dtype="int64")

@@ -21,13 +21,16 @@ from typing import Any
 
 import great_expectations as gx
 from filelock import FileLock
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.checkpoint.actions import ValidationAction
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import DataContextConfig, ProgressBarsConfig
+from great_expectations.exceptions import DataContextError, InvalidExpectationConfigurationError
 
 from plantwatch import schema
 from plantwatch.validation import expectations as _custom  # noqa: F401  (registers custom expectations)
-from plantwatch.validation.suite import SuitePlan
+from plantwatch.validation.suite import SuitePlan, expectation_key
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class GXRunner:
         self.context = context
         self.data_docs = data_docs
         self._lock = FileLock(str(lock_path)) if lock_path is not None else None
-        self._checkpoints: dict[tuple[str, str], Any] = {}
+        self._checkpoints: dict[str, tuple[str, Any]] = {}  # suite name -> (version, checkpoint)
         source = context.data_sources.add_or_update_pandas(DATASOURCE)
         try:
             asset = source.get_asset(ASSET)
@@ -139,8 +142,22 @@ class GXRunner:
         return cls(context, lock_path=gx_dir / ".plantwatch.lock", data_docs=data_docs)
 
     def sync_suite(self, plan: SuitePlan) -> gx.ExpectationSuite:
-        """Store the suite (idempotent: unchanged expectations keep their IDs, the file stays equal)."""
+        """Store the suite; idempotent: unchanged expectations keep their IDs, so the file stays equal.
+
+        GX's own ``add_or_update`` means to keep IDs but compares expectations *including* their
+        ``id`` (a fresh one has none), so it re-issues every ID. We carry the stored IDs over first.
+        """
+        stored = self._stored_ids(plan.name)
+        for exp in plan.suite.expectations:
+            exp.id = stored.get(expectation_key(exp))
         return self.context.suites.add_or_update(plan.suite)
+
+    def _stored_ids(self, name: str) -> dict[str, str]:
+        try:
+            existing = self.context.suites.get(name=name)
+        except (DataContextError, InvalidExpectationConfigurationError, ValueError):
+            return {}  # none yet, or written by an older plantwatch with other expectation types
+        return {expectation_key(e): e.id for e in existing.expectations if e.id}
 
     def validate(self, frame: Any, plan: SuitePlan, *, run_name: str) -> ExpectationSuiteValidationResult:
         """Run the suite on ``frame`` (which must carry ``row_id``) through a checkpoint."""
@@ -153,26 +170,30 @@ class GXRunner:
         """The suite's checkpoint, set up once per runner and suite version.
 
         Setting up is the expensive part of a small validation (GX compares every expectation to
-        the stored one to keep IDs stable), so a long-lived runner (the monitoring loop) pays it once.
+        the stored one to keep IDs stable), so a long-lived runner (the monitoring loop) pays it once;
+        one suite name holds one version at a time in the store.
         """
-        key = (plan.name, plan.version)
-        if key not in self._checkpoints:
+        cached = self._checkpoints.get(plan.name)
+        if cached is None or cached[0] != plan.version:  # another version of the suite replaces this one
             suite = self.sync_suite(plan)
             definition = self.context.validation_definitions.add_or_update(
                 gx.ValidationDefinition(
                     name=f"{plan.name}-whole-frame", data=self._batch_definition, suite=suite
                 )
             )
-            actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
-            self._checkpoints[key] = self.context.checkpoints.add_or_update(
+            actions: list[ValidationAction] = (
+                [UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if self.data_docs else []
+            )
+            checkpoint = self.context.checkpoints.add_or_update(
                 gx.Checkpoint(
                     name=f"{plan.name}-checkpoint",
                     validation_definitions=[definition],
-                    actions=actions if self.data_docs else [],
+                    actions=actions,
                     result_format=RESULT_FORMAT,
                 )
             )
-        return self._checkpoints[key]
+            self._checkpoints[plan.name] = (plan.version, checkpoint)
+        return self._checkpoints[plan.name][1]
 
     def _validate(self, frame: Any, plan: SuitePlan, run_name: str) -> ExpectationSuiteValidationResult:
         checkpoint = self._checkpoint(plan)

@@ -79,7 +79,11 @@ def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def ledger_line(outcome: ValidationOutcome, source: str, when: datetime) -> dict[str, Any]:
-    line = {"batch_id": outcome.batch_id, "time": when.isoformat(timespec="seconds"), "source": source}
+    line: dict[str, Any] = {
+        "batch_id": outcome.batch_id,
+        "time": when.isoformat(timespec="seconds"),
+        "source": source,
+    }
     summary = outcome.summary()
     line.update({k: summary[k] for k in ("rows_in", "rows_clean", "rows_quarantined", "reasons")})
     line.update(

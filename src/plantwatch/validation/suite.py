@@ -170,6 +170,11 @@ def _identity(exp: Expectation) -> dict[str, Any]:
     return {"type": cfg.type, "kwargs": cfg.kwargs, "meta": cfg.meta, "severity": str(exp.severity.value)}
 
 
+def expectation_key(exp: Expectation) -> str:
+    """Identity of an expectation without its storage ID (type, kwargs, meta, severity)."""
+    return json.dumps(_identity(exp), sort_keys=True, default=str)
+
+
 def suite_version(expectations: list[Expectation]) -> str:
     """sha256 (first 16 hex) of everything that decides pass/fail: types, kwargs, levels, reasons."""
     payload = json.dumps([_identity(e) for e in expectations], sort_keys=True, default=str)
