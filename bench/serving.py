@@ -78,6 +78,13 @@ def workloads(quick: bool) -> list[Workload]:
 # --------------------------------------------------------------------------------------------
 
 
+#: The throw-away model's fleet: simulator seed, assets and days of training history.
+FLEET_SEED = 11
+FLEET_ASSETS = 2
+FLEET_DAYS = 2.0
+SECONDS_PER_DAY = 86400
+
+
 def throwaway_project(root: Path) -> None:
     """params.yaml from the repo + one small custom model, registered and promoted."""
     from plantwatch.bundle import save_bundle
@@ -85,9 +92,11 @@ def throwaway_project(root: Path) -> None:
     from plantwatch.training import Settings, fit_final
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["simulate"].update(seed=FLEET_SEED, assets=FLEET_ASSETS, days=FLEET_DAYS)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(root / "params.yaml")
-    fleet = simulate_fleet(params.simulate, params.data, seed=11, assets=2, days=2)
+    fleet = simulate_fleet(params.simulate, params.data)
     cut = fleet[schema.TIMESTAMP].quantile(0.7)
     train, validation = fleet[fleet[schema.TIMESTAMP] <= cut], fleet[fleet[schema.TIMESTAMP] > cut]
     s = Settings(data=params.data, features=params.features, train=params.train, rules=params.rules)
@@ -102,20 +111,25 @@ def throwaway_project(root: Path) -> None:
 
 
 def request_rows(params: Params, assets: list[str], n: int) -> pd.DataFrame:
-    """n canonical rows spread over the model's assets, interleaved like a gateway batch."""
+    """n rows of the project's simulated fleet right after its training period, interleaved by
+    asset like a gateway batch: the traffic the model was built for (a realistic decision mix, so
+    the review-queue side work is realistic too). A model whose assets the simulator does not
+    produce gets simulator rows renamed to its assets (expect mostly alerts then)."""
     from plantwatch.simulate import simulate_fleet
 
     per_asset = -(-n // len(assets))
+    extra_days = per_asset * params.data.interval_s / SECONDS_PER_DAY
     fleet = simulate_fleet(
-        params.simulate,
-        params.data,
-        seed=99,
-        assets=len(assets),
-        days=per_asset * params.data.interval_s / 86400,
+        params.simulate, params.data, assets=len(assets), days=params.simulate.days + extra_days
     )
-    names = dict(zip(sorted(fleet[schema.ASSET].unique()), assets, strict=True))
-    fleet[schema.ASSET] = fleet[schema.ASSET].map(names)
-    rows = fleet.sort_values([schema.TIMESTAMP, schema.ASSET], kind="stable").head(n)
+    names = sorted(fleet[schema.ASSET].unique())
+    if set(names) != set(assets):
+        log.warning("model assets are not the simulator's: renaming (scores will be mostly alerts)")
+        fleet[schema.ASSET] = fleet[schema.ASSET].map(dict(zip(names, assets, strict=True)))
+    fresh = fleet[
+        fleet[schema.TIMESTAMP] >= fleet[schema.TIMESTAMP].min() + pd.Timedelta(days=params.simulate.days)
+    ]
+    rows = fresh.sort_values([schema.TIMESTAMP, schema.ASSET], kind="stable").head(n)
     return rows[[schema.TIMESTAMP, schema.ASSET, *params.data.sensor_names]].reset_index(drop=True)
 
 
@@ -227,7 +241,7 @@ def run(project: Path, quick: bool, inference_log: bool) -> None:
     request_model = serving.build_request_model(sensors, params.serve)
     table = Table(title=f"scoring service vs in-process ({tag}, log {'on' if inference_log else 'off'})")
     for col in ("workload", "HTTP p50 ms", "HTTP p99 ms", "HTTP rows/s",
-                "in-proc p50 ms", "in-proc rows/s", "ratio"):  # fmt: skip
+                "in-proc p50 ms", "in-proc rows/s", "ratio", "review+alert"):  # fmt: skip
         table.add_column(col, justify="right")
     parts = Table(title="service-side work per request, in process (ms, p50)")
     for col in ("workload", "parse+validate", "to frame", "check", "score", "JSON out"):
@@ -247,9 +261,10 @@ def run(project: Path, quick: bool, inference_log: bool) -> None:
             frame = rows.copy()
             inproc = timings(lambda frame=frame: scoring.score_readings(bundle, frame), w.requests)
             http_rps, in_rps = w.rows / statistics.median(http), w.rows / statistics.median(inproc)
+            flagged = scoring.score_readings(bundle, frame)["decision"].ne("normal").mean()
             table.add_row(
                 w.name, ms(p(http, 0.5)), ms(p(http, 0.99)), f"{http_rps:,.0f}",
-                ms(p(inproc, 0.5)), f"{in_rps:,.0f}", f"{http_rps / in_rps:.0%}",
+                ms(p(inproc, 0.5)), f"{in_rps:,.0f}", f"{http_rps / in_rps:.0%}", f"{flagged:.0%}",
             )  # fmt: skip
             parts.add_row(w.name, *service_parts(request_model, bundle, tag, sensors, body, w.requests))
     console.print(table)

@@ -296,7 +296,17 @@ def monitoring_flow(batch_path: str | None = None, root: str | None = None) -> d
     return out
 
 
+def main(argv: list[str]) -> int:
+    """``python -m flows.monitoring [BATCH]`` from the project root; exit code 1/2 on a plantwatch error."""
+    try:
+        result = monitoring_flow(batch_path=argv[0] if argv else None, root=str(Path.cwd()))
+    except PlantwatchError as err:
+        log.error("%s", err)
+        return err.exit_code
+    log.info("%s", json.dumps(result, indent=2, default=str))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover - manual entry point
     logging.basicConfig(level=logging.INFO)
-    result = monitoring_flow(batch_path=sys.argv[1] if len(sys.argv) > 1 else None, root=str(Path.cwd()))
-    log.info("%s", json.dumps(result, indent=2, default=str))
+    sys.exit(main(sys.argv[1:]))

@@ -175,7 +175,17 @@ def training_flow(
     return outcome
 
 
+def main(argv: list[str]) -> int:
+    """``python -m flows.training [REASON]`` from the project root; exit code 1/2 on a plantwatch error."""
+    try:
+        outcome = training_flow(reason=" ".join(argv) or "manual retrain", root=str(Path.cwd()))
+    except PlantwatchError as err:
+        log.error("%s", err)
+        return err.exit_code
+    log.info("%s", json.dumps(outcome, indent=2))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover - manual entry point
     logging.basicConfig(level=logging.INFO)
-    why = " ".join(sys.argv[1:]) or "manual retrain"
-    log.info("%s", json.dumps(training_flow(reason=why, root=str(Path.cwd())), indent=2))
+    sys.exit(main(sys.argv[1:]))

@@ -102,17 +102,26 @@ def _batches(pieces: list[tuple[int, int, int]], chunk_rows: int) -> Iterator[li
 
 
 def feature_matrix(
-    features: Any, df: pd.DataFrame, context: pd.DataFrame | None = None, chunk_rows: int = CHUNK_ROWS
+    features: Any,
+    df: pd.DataFrame,
+    context: pd.DataFrame | None = None,
+    keep: np.ndarray | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> np.ndarray:
-    """Features of every row of ``df`` (input order), float32, computed block by block.
+    """Features of the rows of ``df`` (input order), float32, computed block by block.
 
     ``context``: earlier readings of the same assets, used only as history (see ``with_context``).
+    ``keep``: boolean mask over ``df``; only those rows are returned (all rows are still featurised,
+    as history), without materialising the full matrix first.
     """
     frame, n_ctx = with_context(context, df, int(features.window_))
-    out = np.empty((len(frame), len(features.feature_names_out_)), dtype=np.float32)
+    wanted = np.r_[np.zeros(n_ctx, dtype=bool), np.ones(len(df), dtype=bool) if keep is None else keep]
+    slot = np.cumsum(wanted) - 1  # output row of each wanted frame row
+    out = np.empty((int(wanted.sum()), len(features.feature_names_out_)), dtype=np.float32)
     for rows, X in feature_blocks(features, frame, chunk_rows):
-        out[rows] = X
-    return out[n_ctx:]
+        hit = wanted[rows]
+        out[slot[rows[hit]]] = X[hit]
+    return out
 
 
 def with_context(context: pd.DataFrame | None, df: pd.DataFrame, window: int) -> tuple[pd.DataFrame, int]:

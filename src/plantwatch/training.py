@@ -193,7 +193,7 @@ def fit_features(kind: str, fit: pd.DataFrame, s: Settings) -> tuple[FeatureBuil
         s.features, s.data.sensor_names, default_asset=s.data.default_asset,
         raw=(kind == BASELINE), random_state=s.train.seed,
     ).fit(fit[normal])
-    return fb, feature_matrix(fb, fit)[normal]
+    return fb, feature_matrix(fb, fit, keep=normal)
 
 
 def make_detector(kind: str, hyper: dict[str, Any], s: Settings) -> Any:

@@ -221,3 +221,49 @@ def test_guard_rollback_and_failing_retrain_are_handled(
     assert results[1].decision.retrain == "triggered"
     assert results[1].errors and "prefect unreachable" in results[1].errors[0]
     assert not load_state(MonitoringPaths.of(paths).state).retrain_in_progress  # the next batch may retry
+
+
+def test_inference_log_day_counts_each_reading_once(
+    project: Path, params: Params, frames: dict[str, pd.DataFrame]
+) -> None:
+    from datetime import datetime
+
+    from plantwatch import inference_log as ilog
+    from plantwatch.monitoring import batch_id_for, load_batch
+
+    day = frames["normal0"]
+    sensors = params.data.sensor_names
+    root = ProjectPaths.at(project).inference_log
+    halves = [day.iloc[: len(day) * 2 // 3], day.iloc[len(day) // 3 :]]  # overlapping requests
+    for i, part in enumerate(halves):
+        results = pd.DataFrame(
+            {
+                "score": np.full(len(part), 0.1 * (i + 1)),
+                "decision": "normal",
+                "rules": [[] for _ in range(len(part))],
+                "top_sensors": [[] for _ in range(len(part))],
+                "full_history": True,
+            }
+        )
+        log = ilog.build_log_frame(
+            part,
+            results,
+            sensors=sensors,
+            request_id=f"r{i}",
+            model_version="v1",
+            threshold=0.5,
+            source="http",
+            logged_at=datetime(2024, 6, 1, 12, i),
+        )
+        ilog.write_log(log, root, sensors)
+    folder = next(root.glob("date=*"))
+    batch = load_batch(folder, params.data.default_asset)
+    assert len(batch) == len(day) and not batch.duplicated(["asset", "timestamp"]).any()
+    later = pd.MultiIndex.from_frame(halves[1][["asset", "timestamp"]])
+    in_later = pd.MultiIndex.from_frame(batch[["asset", "timestamp"]]).isin(later)
+    assert (
+        in_later.sum() == len(halves[1]) and (batch.loc[in_later, "score"] == 0.2).all()
+    )  # later scoring wins
+    assert (batch.loc[~in_later, "score"] == 0.1).all()
+    assert {"rules", "top_sensors", "request_id"}.isdisjoint(batch.columns)
+    assert batch_id_for(folder).startswith("date-") and batch_id_for(folder) == batch_id_for(folder)

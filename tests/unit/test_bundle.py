@@ -46,6 +46,9 @@ def test_chunked_features_equal_whole_frame(fleet, chunk: int) -> None:
     shuffled = frame.sample(frac=1.0, random_state=1)  # any row order in, same order out
     whole = fb.transform(shuffled).to_numpy(dtype=np.float32)
     np.testing.assert_allclose(feature_matrix(fb, shuffled, chunk_rows=chunk), whole, atol=1e-5)
+    keep = (shuffled["label"] == 0).to_numpy()
+    kept = feature_matrix(fb, shuffled, keep=keep, chunk_rows=chunk)
+    np.testing.assert_allclose(kept, whole[keep], atol=1e-5)
 
 
 def test_context_removes_cold_start(fleet) -> None:
