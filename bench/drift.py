@@ -92,7 +92,7 @@ def evidently_rule(method: str | None, threshold: float | None, share: float) ->
 
 def study(
     params: Params, seeds: Sequence[int], normal_days: int, drift_days: int, short: int
-) -> tuple[list, list]:
+) -> tuple[list[Rates], list[list[str]], str]:
     cfg = params.monitor
     sensors = params.data.sensor_names
     budget = params.train.alert_budget

@@ -35,7 +35,9 @@ from plantwatch import monitoring
 from plantwatch.config import OrchestrateConfig, Params, load_params
 from plantwatch.drift import PolicyDecision, RetrainRequest
 from plantwatch.errors import PlantwatchError
+from plantwatch.ingest import land_batch
 from plantwatch.orchestration import (
+    MONITOR_FLOW,
     RETRAIN_DEPLOYMENT,
     TRAIN_FLOW,
     drift_event_payload,
@@ -176,15 +178,14 @@ def _is_monitored(state: Any) -> Callable[[Path], bool]:
 
 
 @task(name="find-window")
-def find_window_task(root: str, today: str | None = None) -> str | None:
+def find_window_task(root: str) -> str | None:
     """The newest complete inference-log day not monitored yet (None: nothing new to look at)."""
     paths = ProjectPaths.at(root)
     if not paths.inference_log.is_dir():
         return None
     state = monitoring.load_state(monitoring.MonitoringPaths.of(paths).state)
-    day = datetime.fromisoformat(today).date() if today else datetime.now(UTC).date()
     windows = [p for p in paths.inference_log.iterdir() if p.is_dir()]
-    window = newest_unmonitored_window(windows, _is_monitored(state), day)
+    window = newest_unmonitored_window(windows, _is_monitored(state), datetime.now(UTC).date())
     return None if window is None else str(window)
 
 
@@ -221,6 +222,25 @@ def decision_markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def landing_validator(
+    validate: Callable[[Any], tuple[Any, Any]], params: Params, paths: ProjectPaths, batch_id: str
+) -> Callable[[Any], tuple[Any, Any]]:
+    """Validate a batch, then land its clean rows for the next retrain.
+
+    Landing happens before the drift decision, so a retrain triggered by this batch (in this flow or
+    in the deployment the drift event starts) always trains on it: "retrain with the new validated
+    data appended". Quarantined rows never reach training.
+    """
+
+    def run(frame: Any) -> tuple[Any, Any]:
+        clean, summary = validate(frame)
+        if len(clean):
+            land_batch(clean, params.data, paths, f"monitored-{batch_id}")
+        return clean, summary
+
+    return run
+
+
 @task(name="check-drift-and-decide")
 def monitor_task(batch_path: str, root: str) -> dict[str, Any]:
     """Validate, check drift, decide, store snapshot + state, emit/queue a retrain, roll back if needed.
@@ -242,7 +262,7 @@ def monitor_task(batch_path: str, root: str) -> dict[str, Any]:
         params=params,
         paths=paths,
         batch_id=batch_id,
-        validate=monitoring.gx_validator(params, paths, batch_id),
+        validate=landing_validator(monitoring.gx_validator(params, paths, batch_id), params, paths, batch_id),
         retrain=router,
         rollback=rollback_action(registry),
     )
@@ -266,7 +286,7 @@ def monitor_task(batch_path: str, root: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # the flow
 # --------------------------------------------------------------------------------------------------
-@flow(name="plantwatch-monitor", log_prints=False)
+@flow(name=MONITOR_FLOW, log_prints=False)
 def monitoring_flow(batch_path: str | None = None, root: str | None = None) -> dict[str, Any]:
     """Monitor ``batch_path`` (default: the newest complete inference-log day not monitored yet).
 

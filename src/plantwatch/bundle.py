@@ -124,6 +124,14 @@ def feature_matrix(
     return out
 
 
+def history_tail(frame: pd.DataFrame, window: int) -> pd.DataFrame:
+    """The last ``window`` readings (by time) of each asset: all the history the features need."""
+    if schema.ASSET not in frame.columns:
+        return frame.sort_values(schema.TIMESTAMP, kind="stable").tail(window)
+    ordered = frame.sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable")
+    return ordered.groupby(schema.ASSET, sort=False).tail(window)
+
+
 def with_context(context: pd.DataFrame | None, df: pd.DataFrame, window: int) -> tuple[pd.DataFrame, int]:
     """``df`` preceded by the last ``window`` readings per asset of ``context`` (earlier data).
 
@@ -132,13 +140,9 @@ def with_context(context: pd.DataFrame | None, df: pd.DataFrame, window: int) ->
     """
     if context is None or context.empty or window <= 0:
         return df, 0
-    tail = context
     if schema.ASSET in context.columns and schema.ASSET in df.columns:
-        tail = context[context[schema.ASSET].isin(df[schema.ASSET].unique())]
-        tail = tail.sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable").groupby(
-            schema.ASSET, sort=False).tail(window)
-    else:
-        tail = context.tail(window)
+        context = context[context[schema.ASSET].isin(df[schema.ASSET].unique())]
+    tail = history_tail(context, window)
     return pd.concat([tail, df], ignore_index=True), len(tail)
 
 

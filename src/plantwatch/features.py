@@ -38,8 +38,6 @@ _RIDGE = 1e-4
 _TINY = 1e-12
 #: Head rows (first readings of an asset) recomputed per vectorised batch in ``_rolling_stats``.
 _HEAD_CHUNK = 4096
-#: Every feature kind that ``FeatureBuilder`` can emit, per sensor (rolling stats come from ``stats``).
-PER_SENSOR_KINDS = ("dev", "roc", "resid", "stuck", "missing")
 ROLLING_STATS = ("mean", "std", "min", "max", "slope")
 
 
@@ -216,8 +214,10 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
     * ``s__dev``      (x - asset median) / asset scale — deviation from the asset's own baseline
     * ``s__roc``      change since the asset's previous reading (rate of change)
     * ``s__<stat>_<w>`` trailing rolling mean/std/min/max/slope of ``dev`` over ``w`` readings
-    * ``s__resid``    cross-sensor residual: actual - prediction from the other sensors (robust linear
-                      regression learned in ``fit``), in units of its own residual sigma
+    * ``s__resid``    cross-sensor residual: actual - prediction from the other sensors' current
+                      and trailing-mean readings (robust linear regression learned in ``fit``), in
+                      units of its own residual sigma; only with two or more sensors
+    * ``s__resid_mean_<w>`` trailing mean of ``resid`` (a persistent broken relation, e.g. overheating)
     * ``s__stuck``    length of the current run of identical readings, divided by ``stuck_cap``
     * ``s__missing``  1 when the reading was missing (it is then imputed with the asset median)
 
@@ -230,7 +230,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
     def __init__(
         self,
         sensors: Sequence[str] | None = None,
-        windows: Sequence[int] = (5, 30),
+        windows: Sequence[int] = (5, 30, 120),
         stats: Sequence[str] = ROLLING_STATS,
         residuals: bool = True,
         stuck_cap: int = 30,
@@ -333,8 +333,8 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             # a sensor never seen on this asset falls back to the fleet baseline, sensor by sensor
             self.asset_median_[str(asset)] = np.where(np.isnan(med), fleet_med, med)
             self.asset_scale_[str(asset)] = np.where(np.isnan(scale), fleet_scale, scale)
-        self.window_ = int(max([*self.windows, self.stuck_cap, 2]))
         self.use_residuals_ = bool(self.residuals and len(sensors) >= 2 and not self.raw)
+        self.window_ = self._history_needed()
         if self.use_residuals_:
             rows = self._sorted_rows(values, assets, order)
             self._fit_residual_model(rows.z, self._window_means(rows))
@@ -344,6 +344,19 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             len(sensors), len(self.asset_median_), len(self.feature_names_out_), self.window_,
         )
         return self
+
+    def _history_needed(self) -> int:
+        """Readings of history (current one included) that determine a row's features exactly.
+
+        Rolling stats need the longest window; the run length is capped at ``stuck_cap``; a trailing
+        mean of residuals averages residuals that each depend on a trailing mean of readings, so it
+        reaches back ``2 * max(windows) - 1`` readings. Chunked scoring prepends this much context.
+        """
+        if self.raw:
+            return 1
+        longest = int(max(self.windows))
+        reach = 2 * longest - 1 if self.use_residuals_ else longest
+        return int(max(reach, self.stuck_cap, 2))
 
     def _robust_location_scale(
         self, values: np.ndarray, fallback_scale: np.ndarray | None

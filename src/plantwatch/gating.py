@@ -119,13 +119,10 @@ def alert_events(frame: pd.DataFrame, alerts: np.ndarray) -> pd.DataFrame:
     """One row per alerting reading: asset and time bucket (a DVC ``confusion`` plot counts them),
     plus whether the reading was labelled anomalous."""
     rows = frame[alerts]
-    labels, _, _ = frame_arrays(rows)
-    return pd.DataFrame({
-        "asset": rows[schema.ASSET].astype(str).to_numpy(),
-        "period": pd.to_datetime(rows[schema.TIMESTAMP]).dt.floor(ALERT_BUCKET).dt.strftime("%Y-%m-%d %H:%M")
-        .to_numpy(),
-        "labelled": np.where(labels == 1, "anomaly", "normal"),
-    })
+    labels, assets, ts = frame_arrays(rows)
+    period = pd.DatetimeIndex(ts).floor(ALERT_BUCKET).strftime("%Y-%m-%d %H:%M")
+    return pd.DataFrame({"asset": assets, "period": np.asarray(period),
+                         "labelled": np.where(labels == 1, "anomaly", "normal")})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,6 +247,8 @@ def _fmt(v: Any) -> str:
 
 #: Per-row holdout scores of every candidate, written by evaluate and read by gate.
 HOLDOUT_SCORES = "holdout_scores.parquet"
+#: Every CV fold's metrics per candidate (the rows behind metrics/cv.json's summaries).
+CV_FOLDS = "cv_folds.json"
 
 
 def load_candidates(paths: ProjectPaths, params: Params) -> dict[str, DetectorBundle]:
@@ -276,6 +275,7 @@ def evaluate_stage(paths: ProjectPaths, params: Params) -> Evaluation:
     paths.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.metrics / "holdout.json", result.holdout)
     atomic_write_json(paths.metrics / "cv.json", result.cv)
+    atomic_write_json(paths.metrics / CV_FOLDS, result.cv_folds)
     labels, assets, ts = frame_arrays(holdout)
     scores = pd.DataFrame({schema.ASSET: assets, schema.TIMESTAMP: ts, schema.LABEL: labels,
                            **{f"score_{k}": v for k, v in result.scores.items()}})

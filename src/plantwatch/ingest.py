@@ -23,6 +23,7 @@ import glob
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -350,3 +351,43 @@ def _display(path: Path, paths: ProjectPaths) -> str:
         return path.resolve().relative_to(paths.root).as_posix()
     except ValueError:
         return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Landing: monitored production batches become training data for the next retrain
+# ---------------------------------------------------------------------------------------------
+def to_source_frame(canonical: pd.DataFrame, data: DataConfig, *, default_label: int = 0) -> pd.DataFrame:
+    """Canonical rows -> the data contract's own column names (the inverse of ``normalise``).
+
+    Why: a landing file must read like any other source, so ``ingest`` treats it the same way.
+    Production rows carry no ground truth; they get ``default_label`` (normal — the same convention
+    as an unlabelled official training part) unless the frame has a ``label`` already; reviewers'
+    verdicts override it later through the review queue.
+    """
+    out = pd.DataFrame({data.timestamp_column: canonical[schema.TIMESTAMP].to_numpy()})
+    if data.asset_column is not None:
+        out[data.asset_column] = canonical[schema.ASSET].astype(str).to_numpy()
+    for name in data.sensor_names:
+        out[name] = canonical[name].to_numpy(dtype="float64")
+    if data.label_column is not None:
+        if schema.LABEL in canonical.columns and canonical[schema.LABEL].notna().all():
+            out[data.label_column] = canonical[schema.LABEL].astype("int64").to_numpy()
+        else:
+            out[data.label_column] = default_label
+    return out
+
+
+def land_batch(canonical: pd.DataFrame, data: DataConfig, paths: ProjectPaths, name: str) -> Path:
+    """Write a validated batch into the landing folder (atomically) so the next ``ingest`` takes it.
+
+    Idempotent by name: landing the same batch twice rewrites one file, and ingest's content
+    manifest skips replays anyway.
+    """
+    landing = paths.resolve(data.landing_dir)
+    landing.mkdir(parents=True, exist_ok=True)
+    target = landing / f"{name}.parquet"
+    tmp = landing / f".{name}.parquet.tmp"
+    to_source_frame(canonical, data).to_parquet(tmp, index=False)
+    os.replace(tmp, target)
+    log.info("landed %d rows as %s for the next retrain", len(canonical), _display(target, paths))
+    return target

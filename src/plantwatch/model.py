@@ -24,6 +24,7 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.covariance import EmpiricalCovariance, MinCovDet
 from sklearn.decomposition import PCA
@@ -122,7 +123,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         w_covariance: float = 1.0,
         w_pca_residual: float = 0.0,
         combine: str = "mean",
-        z_clip: float = 20.0,
+        z_clip: float = 10.0,
         tail_quantile: float = 0.99,
         max_fit_rows: int = 50_000,
         mcd_max_rows: int = 3_000,
@@ -479,3 +480,42 @@ def select_hyperparameters(
         log.info("grid point %s: mean %.4f over %d folds", params, np.mean(scores), len(scores))
     best = max(range(len(results)), key=lambda i: (results[i]["mean"], -i))
     return HyperparameterSearch(best_params=dict(candidates[best]), results=results)
+
+
+def fit_candidate(
+    kind: str,
+    train: pd.DataFrame,
+    features: FeaturesConfig,
+    model: ModelConfig,
+    sensors: Sequence[str],
+    *,
+    default_asset: str = "asset-0",
+    seed: int = 0,
+    fit_on_normal: bool = True,
+    overrides: Mapping[str, object] | None = None,
+) -> tuple[FeatureBuilder, EnsembleDetector | BaselineDetector]:
+    """Fit a candidate on canonical training rows: features on the stream, detector on normal rows.
+
+    With ``fit_on_normal`` rows labelled anomalous are left out of both fits, but features are still
+    computed on the uninterrupted stream so that the kept rows' windows see their real history.
+    """
+    builder, detector = make_candidate(
+        kind, features, model, sensors, default_asset=default_asset, seed=seed, overrides=overrides
+    )
+    normal = np.ones(len(train), dtype=bool)
+    if fit_on_normal and schema.LABEL in train.columns:
+        normal = train[schema.LABEL].fillna(0).to_numpy() == 0
+    builder.fit(train[normal])
+    detector.fit(builder.transform(train)[normal])
+    return builder, detector
+
+
+def score_rows(
+    builder: FeatureBuilder,
+    detector: EnsembleDetector | BaselineDetector,
+    frame: pd.DataFrame,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Anomaly scores of ``frame[rows]`` (boolean mask), featurised with all of ``frame`` as history."""
+    X = builder.transform(frame)
+    return detector.anomaly_score(X if rows is None else X[rows])

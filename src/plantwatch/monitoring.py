@@ -18,6 +18,7 @@ when the post-promotion guard breaches (the caller executes it through the regis
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -532,10 +533,9 @@ def record_promotion(
     lock = _locked(mon, lock_timeout_s)
     try:
         quantiles = reference_quantiles(scored_reference[SCORE], cfg)
-        scored_reference[_REFERENCE_SCORE_COLUMNS].to_parquet(
-            mon.reference_scores.with_suffix(".tmp"), index=False
-        )
-        mon.reference_scores.with_suffix(".tmp").replace(mon.reference_scores)
+        buffer = io.BytesIO()
+        scored_reference[_REFERENCE_SCORE_COLUMNS].to_parquet(buffer, index=False)
+        atomic_write_bytes(mon.reference_scores, buffer.getvalue())
         state = start_guard(load_state(mon.state), model_version, quantiles, cfg)
         save_state(mon.state, state)
         log.info("guard started for %s over the next %d batches", model_version, cfg.guard.batches)

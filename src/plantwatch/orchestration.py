@@ -205,7 +205,7 @@ def retrain(
 
     cfg = params.orchestrate
     reg = registry or Registry(paths.root, params.registry)
-    run = repro or (lambda root: run_repro(root, timeout_s=cfg.pipeline_timeout_s))
+    run = repro or (lambda root: run_repro(root, targets=[PROMOTE_STAGE], timeout_s=cfg.pipeline_timeout_s))
     before = reg.production_tag()
     reg.audit("retrain_started", actor=actor, reason=reason, from_tag=before, batch_id=batch_id)
     start = time.monotonic()
@@ -256,7 +256,11 @@ def _repro_and_promote(
     actor: str | None,
     before: str | None,
 ) -> RetrainOutcome:
-    """``dvc repro``; after a failed gate, register the refused version (the promote stage did not run)."""
+    """``dvc repro promote``; after a failed gate, register the refused version (promote did not run).
+
+    Targeting the last stage (not the whole dvc.yaml) skips stages that are not upstream of it:
+    the demo ``simulate`` stage, once ``data.sources`` points at real data.
+    """
     from plantwatch.registry.promotion import promote_from_gate
 
     gate_file = paths.metrics / "gates.json"
@@ -285,11 +289,6 @@ def _repro_and_promote(
         except GateFailed as err:
             outcome.refusals = [str(err)]
         outcome.status = "refused"
-        outcome.after = reg.production_tag()
-    elif outcome.after == before and fresh and outcome.gates_passed:
-        # The gates passed on a fresh run but nothing was promoted: the pipeline has no promote
-        # stage (``dvc repro gate``-style dvc.yaml). Promote here, as that stage would have.
-        promote_from_gate(reg, paths, params, actor=actor, reason=f"retrain: {reason}")
         outcome.after = reg.production_tag()
     elif outcome.after == before:
         outcome.status = "unchanged"

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from plantwatch import schema
-from plantwatch.bundle import DetectorBundle, feature_matrix, save_bundle
+from plantwatch.bundle import DetectorBundle, feature_matrix, history_tail, save_bundle
 from plantwatch.config import (
     DataConfig,
     FeaturesConfig,
@@ -227,18 +227,13 @@ def run_fold(
     fit, cal, test = fold.parts(frame)
     fb, X_fit = fit_features(kind, fit, s)
     X_cal = feature_matrix(fb, cal, context=fit)
-    X_test = feature_matrix(fb, test, context=pd.concat([_tails(fit, fb.window_), cal]))
+    X_test = feature_matrix(fb, test, context=pd.concat([history_tail(fit, fb.window_), cal]))
     out = []
     for hyper in grid:
         det = make_detector(kind, hyper, s).fit(X_fit)
         op = _operating_point(det.anomaly_score(X_cal), cal, s)
         out.append({"params": hyper, **op, "scores": det.anomaly_score(X_test).astype(np.float64)})
     return out
-
-
-def _tails(frame: pd.DataFrame, window: int) -> pd.DataFrame:
-    """The last ``window`` readings of each asset (history for the next period)."""
-    return frame.groupby(schema.ASSET, sort=False).tail(window)
 
 
 def fit_final(kind: str, hyper: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame, s: Settings,

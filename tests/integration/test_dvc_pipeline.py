@@ -27,7 +27,8 @@ BIN = Path(sys.executable).parent
 
 def _tiny_params(repo_root: Path) -> dict:
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    raw["simulate"].update({"assets": 2, "days": 6, "anomaly_rate": 0.03})
+    raw["simulate"].update({"assets": 2, "days": 6, "anomaly_rate": 0.08})
+    raw["train"]["cv_min_train_fraction"] = 0.3  # big CV blocks: every fold sees some anomaly
     raw["train"]["model"] = {**raw["train"].get("model", {}), "n_estimators": 30, "max_fit_rows": 3000,
                              "mcd_max_rows": 300, "grid": {}}
     raw["scale"] = {"dask_address": None, "local_workers": 1}

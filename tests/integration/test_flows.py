@@ -47,6 +47,8 @@ SERVER_START_S = 150
 DEPLOYMENT_READY_S = 90
 RETRAIN_RUN_S = 240
 POLL_S = 1.0
+#: The server records a runner's poll in a background task within this long.
+POLL_RECORD_S = 20
 #: The serving runner looks for new runs this often (default 10 s: most of the event -> run delay).
 RUNNER_POLL_S = 2
 #: Long enough for DVC to start the hanging stage on a busy machine.
@@ -351,6 +353,35 @@ def test_deployments_have_the_schedules_and_the_drift_trigger(project: Path) -> 
         "drift_batch_id": "{{ event.payload.batch_id }}",
         "root": str(project),
     }
+
+
+def test_retrain_deployment_counts_as_served_only_while_a_runner_polls_it(
+    project: Path, prefect_harness: None
+) -> None:
+    """Registered is not enough (nobody would act on the event); polled recently is."""
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import build_deployments
+    from flows.monitoring import retrain_deployment_served
+
+    params = load_params(project / "params.yaml")
+    cfg = params.orchestrate
+    assert not retrain_deployment_served(cfg)  # not registered on this server
+    (retrain,) = [d for d in build_deployments(params, project) if d.name == "retrain-on-drift"]
+    deployment_id = retrain.apply()
+    try:
+        assert not retrain_deployment_served(cfg)  # registered, never polled
+        with get_client(sync_client=True) as client:
+            client.get_scheduled_flow_runs_for_deployments([deployment_id])  # what a runner does
+            # The server records the poll in a background task.
+            polled = _wait_for("the poll to be recorded",
+                               lambda: client.read_deployment(deployment_id).last_polled, POLL_RECORD_S, [])
+        assert retrain_deployment_served(cfg)
+        stale = polled + timedelta(seconds=2 * cfg.deployment_fresh_s)
+        assert not retrain_deployment_served(cfg, now=stale)  # its runner is gone
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)  # later tests need the direct path again
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,13 +37,17 @@ def fold_calls(repo_root: Path) -> list[dict]:
             for kind in ("baseline", "custom") for fold in folds[-1:]]
 
 
+@pytest.fixture(scope="module")
+def serial(fold_calls: list[dict]) -> list[list[dict]]:
+    return parallel.run_calls(training.run_fold, fold_calls, ScaleConfig(local_workers=1), label="cv")
+
+
 def _scores(results: list[list[dict]]) -> list[np.ndarray]:
     return [r[0]["scores"] for r in results]
 
 
-def test_dask_runner_matches_serial(cluster_address: str, fold_calls: list[dict],
+def test_dask_runner_matches_serial(cluster_address: str, fold_calls: list[dict], serial: list[list[dict]],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    serial = parallel.run_calls(training.run_fold, fold_calls, ScaleConfig(local_workers=1), label="cv")
     monkeypatch.setenv(parallel.DASK_ADDRESS_ENV, cluster_address)
     assert parallel.dask_address(ScaleConfig()) == cluster_address
     on_dask = parallel.run_calls(training.run_fold, fold_calls, ScaleConfig(local_workers=1), label="cv")
@@ -53,8 +57,7 @@ def test_dask_runner_matches_serial(cluster_address: str, fold_calls: list[dict]
     assert [r[0]["threshold"] for r in on_dask] == [r[0]["threshold"] for r in serial]
 
 
-def test_local_processes_match_serial(fold_calls: list[dict]) -> None:
-    serial = parallel.run_calls(training.run_fold, fold_calls, ScaleConfig(local_workers=1), label="cv")
+def test_local_processes_match_serial(fold_calls: list[dict], serial: list[list[dict]]) -> None:
     pooled = parallel.run_calls(training.run_fold, fold_calls, ScaleConfig(local_workers=2), label="cv")
     for a, b in zip(_scores(serial), _scores(pooled), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -24,10 +24,11 @@ from plantwatch.evaluation import METRIC_KEYS, frame_arrays
 from plantwatch.features import FeatureBuilder, Split
 from plantwatch.simulate import simulate_fleet
 
-#: Small but not trivial: 3 pumps x 8 days at 1-minute readings, 3 % anomalous.
-FLEET = {"assets": 3, "days": 8.0, "anomaly_rate": 0.03}
-#: Poisoned training data: the same pumps with faults on 20 % of the readings, labelled normal.
-POISON_RATE = 0.2
+#: Small but not trivial: 3 pumps x 12 days at 1-minute readings (the CV's first fold needs more
+#: than a week of history: the plant has a weekly cycle), 6 % anomalous so every fold has episodes.
+FLEET = {"assets": 3, "days": 12.0, "anomaly_rate": 0.06}
+#: Poisoned training data: every sensor reading corrupted by noise of 3x that sensor's spread.
+POISON_NOISE = 3.0
 
 
 def _params(repo_root: Path) -> Params:
@@ -80,6 +81,7 @@ def good(setup: tuple[Params, Split]) -> Iterator[dict[str, Any]]:
     yield {"result": result, "decision": decision, "seen": seen}
 
 
+@pytest.mark.slow
 def test_good_model_passes_every_gate(good: dict[str, Any]) -> None:
     decision = good["decision"]
     assert decision["passed"], decision
@@ -89,18 +91,20 @@ def test_good_model_passes_every_gate(good: dict[str, Any]) -> None:
     assert "non-inferiority skipped: no model in production yet" in decision["notes"]
 
 
+@pytest.mark.slow
 def test_poisoned_model_is_refused(setup: tuple[Params, Split]) -> None:
-    """Training data full of unlabelled faults teaches the model that faults are normal."""
+    """Training readings buried in noise: the model learns a "normal" so wide that faults fit in."""
     p, split = setup
-    dirty_sim = p.simulate.model_copy(update={"anomaly_rate": POISON_RATE})
-    dirty = simulate_fleet(dirty_sim, p.data).assign(label=0)
-    poisoned_train = dirty[dirty["timestamp"] < split.validation_start]
-    assert len(poisoned_train) == len(split.train)
-    _, decision = _evaluate(p, split, poisoned_train)
+    rng = np.random.default_rng(0)
+    poisoned = split.train.copy()
+    for sensor in p.data.sensor_names:
+        poisoned[sensor] += rng.normal(0.0, POISON_NOISE * poisoned[sensor].std(), len(poisoned))
+    _, decision = _evaluate(p, split, poisoned)
     failed = [g["name"] for g in decision["gates"] if not g["passed"]]
-    assert not decision["passed"] and "min_pr_auc" in failed, decision
+    assert not decision["passed"] and {"min_pr_auc", "min_event_recall"} <= set(failed), decision
 
 
+@pytest.mark.slow
 def test_no_holdout_row_reaches_training(setup: tuple[Params, Split], good: dict[str, Any]) -> None:
     _, split = setup
     assert good["seen"], "the spies saw no call: the test would prove nothing"
@@ -111,6 +115,7 @@ def test_no_holdout_row_reaches_training(setup: tuple[Params, Split], good: dict
     assert all(pd.Timestamp(f["test_end"]) <= split.holdout_start for f in info)
 
 
+@pytest.mark.slow
 def test_same_seed_same_scores(setup: tuple[Params, Split], good: dict[str, Any]) -> None:
     p, split = setup
     first = good["result"].bundles["custom"]
@@ -125,6 +130,7 @@ def test_same_seed_same_scores(setup: tuple[Params, Split], good: dict[str, Any]
     assert not np.array_equal(reseeded.anomaly_score(h.iloc[:500]), first.anomaly_score(h.iloc[:500]))
 
 
+@pytest.mark.slow
 def test_threshold_is_set_on_validation_within_budget(
     setup: tuple[Params, Split], good: dict[str, Any]
 ) -> None:

@@ -20,7 +20,7 @@ class FeaturesConfig(StrictModel):
     """``features:`` block — what ``plantwatch.features.FeatureBuilder`` computes per sensor."""
 
     #: Trailing rolling windows, in readings per asset (causal: current and earlier readings only).
-    windows: list[PositiveInt] = Field(default_factory=lambda: [5, 30], min_length=1)
+    windows: list[PositiveInt] = Field(default_factory=lambda: [5, 30, 120], min_length=1)
     stats: list[Literal["mean", "std", "min", "max", "slope"]] = Field(
         default_factory=lambda: ["mean", "std", "min", "max", "slope"]
     )
@@ -65,7 +65,7 @@ class ModelConfig(StrictModel):
     w_covariance: float = Field(default=1.0, ge=0.0)
     w_pca_residual: float = Field(default=0.0, ge=0.0)
     combine: Literal["mean", "max"] = "mean"
-    z_clip: float = Field(default=20.0, gt=0.0)
+    z_clip: float = Field(default=10.0, gt=0.0)
     #: The z-score detector measures each feature in units of its own training tail at this quantile.
     tail_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
     #: Feature kinds (``<sensor>__<kind>``) the robust-covariance / PCA detectors look at jointly.
@@ -91,9 +91,10 @@ class TrainConfig(StrictModel):
     seed: int = 0
     #: Time-ordered, expanding-window folds over train+validation (the holdout is never touched).
     cv_folds: int = Field(default=5, ge=5)
-    #: Share of train+validation (in time order) that the first fold trains on; the folds' test
-    #: blocks split the rest. Never less than the official training part when ``data.train_rows`` is set.
-    cv_min_train_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: Share of train+validation (in time order) that is history only; the folds' test blocks split
+    #: the rest. Never less than the official training part when ``data.train_rows`` is set. Keep
+    #: the first fold's history longer than the data's seasonal cycle (a week for most plants).
+    cv_min_train_fraction: float = Field(default=0.7, gt=0.0, lt=1.0)
     #: Fit detectors on normal rows only ("fit on normal"): labelled anomalies are left out of fitting.
     fit_on_normal: bool = True
     #: Most false alarms (alert episodes overlapping no labelled anomaly) per asset per day that
@@ -117,8 +118,8 @@ class GatesConfig(StrictModel):
     #: Ceiling on holdout false alarms per asset-day (the alert budget plus the slack tolerated).
     max_false_alarms_per_asset_day: float = Field(default=2.0, gt=0.0)
     #: Floor on the lower end of the CV PR-AUC interval, ceiling on its fold-to-fold std.
-    min_cv_ci_low: float = Field(default=0.2, ge=0.0, le=1.0)
-    max_cv_std: float = Field(default=0.2, ge=0.0)
+    min_cv_ci_low: float = Field(default=0.15, ge=0.0, le=1.0)
+    max_cv_std: float = Field(default=0.35, ge=0.0)
     #: Confidence level of the CV t-interval and of the bootstrap interval.
     ci_level: float = Field(default=0.95, gt=0.0, lt=1.0)
     #: Candidate vs production on the frozen holdout: lower end of the PR-AUC difference >= -tolerance.
