@@ -133,13 +133,15 @@ def history_tail(frame: pd.DataFrame, window: int) -> pd.DataFrame:
 
 
 def with_context(context: pd.DataFrame | None, df: pd.DataFrame, window: int) -> tuple[pd.DataFrame, int]:
-    """``df`` preceded by the last ``window`` readings per asset of ``context`` (earlier data).
+    """``df`` preceded by the last ``window`` readings per asset of ``context`` before ``df`` starts.
 
     Lets a period be scored as if the stream had never stopped (no cold-start windows at its
     start). Returns the combined frame and how many leading rows are context.
     """
-    if context is None or context.empty or window <= 0:
+    if context is None or context.empty or window <= 0 or df.empty:
         return df, 0
+    # only readings from before the period are history (a train part may also hold newer rows)
+    context = context[context[schema.TIMESTAMP] < df[schema.TIMESTAMP].min()]
     if schema.ASSET in context.columns and schema.ASSET in df.columns:
         context = context[context[schema.ASSET].isin(df[schema.ASSET].unique())]
     tail = history_tail(context, window)

@@ -92,7 +92,6 @@ class _SortedRows:
     z: np.ndarray
     raw: np.ndarray
     missing: np.ndarray
-    codes: np.ndarray
     starts: np.ndarray
     pos: np.ndarray
 
@@ -116,7 +115,7 @@ def _rolling_mean(z: np.ndarray, pos: np.ndarray, window: int) -> np.ndarray:
 
 
 def _rolling_stats(
-    z: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str]
+    z: np.ndarray, pos: np.ndarray, window: int, stats: Sequence[str], mean: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Trailing (causal) per-asset rolling mean/std/min/max/slope with ``min_periods=1``.
 
@@ -127,14 +126,15 @@ def _rolling_stats(
     only over chunks of heads), so no asset's statistics ever see another asset's data.
 
     The slope is the least-squares slope per reading: cov(i, z) / var(i) over the window, where the
-    variance of ``n`` consecutive integers is (n² - 1) / 12.
+    variance of ``n`` consecutive integers is (n² - 1) / 12. ``mean``: the rolling mean, when the
+    caller already has it.
     """
     frame = pd.DataFrame(z)
     roll = frame.rolling(window, min_periods=1)
     out: dict[str, np.ndarray] = {}
-    need_mean = "mean" in stats or "slope" in stats
-    mean = roll.mean().to_numpy() if need_mean else None
-    if "mean" in stats:
+    if mean is None and ("mean" in stats or "slope" in stats):
+        mean = roll.mean().to_numpy()
+    if "mean" in stats and mean is not None:
         out["mean"] = mean
     if "std" in stats:
         out["std"] = np.nan_to_num(roll.std(ddof=0).to_numpy(), nan=0.0)
@@ -142,7 +142,7 @@ def _rolling_stats(
         out["min"] = roll.min().to_numpy()
     if "max" in stats:
         out["max"] = roll.max().to_numpy()
-    if "slope" in stats:
+    if "slope" in stats and mean is not None:
         idx = np.arange(len(z), dtype=np.float64)
         mean_iz = pd.DataFrame(z * idx[:, None]).rolling(window, min_periods=1).mean().to_numpy()
         n = np.minimum(idx + 1, window)[:, None]
@@ -363,8 +363,9 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Median and IQR-based sigma per column; a degenerate (constant) column gets a floor.
 
-        The floor is ``min_scale`` times the fleet's scale (or times 1 for the fleet itself): a sensor
-        that never moved in training still gets a finite scale, so a later change is large but finite.
+        The floor is ``min_scale`` times the fleet's scale (1 for the fleet itself): a sensor that
+        never moved on an asset in training still gets a finite scale, so a later change is large but
+        finite.
         """
         with warnings.catch_warnings():
             # an all-NaN column (sensor never reported) gives NaN here; the caller falls back
@@ -374,23 +375,18 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         scale = (q3 - q1) / IQR_TO_SIGMA
         # discrete sensors can have IQR 0 while still moving: fall back to the std before the floor
         scale = np.where(scale > 0, scale, std)
-        if fallback_scale is None:
-            floor = np.full_like(scale, 1.0)
-            floor = np.where(np.isnan(scale) | (scale <= 0), 1.0, floor)
-            scale = np.where(np.isnan(scale) | (scale <= 0), 1.0, scale)
-        else:
-            floor = self.min_scale * fallback_scale
-            scale = np.where(np.isnan(scale), np.nan, np.maximum(scale, floor))
-        return med, scale
+        if fallback_scale is None:  # the fleet itself: a constant or never-reported sensor gets 1
+            return med, np.where(np.isnan(scale) | (scale <= 0), 1.0, scale)
+        # an asset: NaN (never reported here) is left for the caller's fleet fallback
+        return med, np.where(np.isnan(scale), np.nan, np.maximum(scale, self.min_scale * fallback_scale))
 
     def _sorted_rows(self, values: np.ndarray, assets: np.ndarray, order: np.ndarray) -> _SortedRows:
         """Readings in (asset, time) order, imputed and normalised by the asset baseline."""
         med, scale = self._baseline_rows(assets)
         missing = np.isnan(values)
         z = ((np.where(missing, med, values) - med) / scale)[order]
-        codes, _ = pd.factorize(assets[order])
-        starts = _segment_starts(codes)
-        return _SortedRows(z=z, raw=values[order], missing=missing[order], codes=codes, starts=starts,
+        starts = _segment_starts(pd.factorize(assets[order])[0])
+        return _SortedRows(z=z, raw=values[order], missing=missing[order], starts=starts,
                            pos=_position_in_segment(starts))
 
     def _window_means(self, rows: _SortedRows) -> dict[int, np.ndarray]:
@@ -506,7 +502,8 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         put("dev", z)
         put("roc", _diff_in_segment(z, rows.starts))
         for w in self.windows:
-            stats = _rolling_stats(z, rows.pos, int(w), [k for k in self.stats if k != "mean"])
+            stats = _rolling_stats(z, rows.pos, int(w), [k for k in self.stats if k != "mean"],
+                                   mean=means[int(w)])
             if "mean" in self.stats:
                 put(f"mean_{w}", means[int(w)])
             for stat, arr in stats.items():

@@ -252,7 +252,7 @@ CV_FOLDS = "cv_folds.json"
 
 
 def load_candidates(paths: ProjectPaths, params: Params) -> dict[str, DetectorBundle]:
-    bundles = {}
+    bundles: dict[str, DetectorBundle] = {}
     for kind in params.train.candidates:
         path = paths.models / f"{kind}.skops"
         if not path.is_file():

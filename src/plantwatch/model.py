@@ -10,7 +10,8 @@ feature (robust z-scores see it), a broken relation between sensors is unusual o
 (robust Mahalanobis distance in a PCA space, plus the PCA reconstruction error), and odd
 combinations in between are what an isolation forest isolates quickly. Each detector's score is
 put on a common scale (a robust z of its own training scores) before they are averaged, so no
-detector dominates just because its raw scores are larger.
+detector dominates just because its raw scores are larger. The PCA reconstruction error is
+available as a fourth member but off by default (it did not help on the benchmarks).
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ from plantwatch.features import FeatureBuilder
 
 log = logging.getLogger(__name__)
 
-assert schema.HIGHER_IS_MORE_ANOMALOUS, "anomaly_score below is written for 'higher = more anomalous'"
-
 #: IQR of a standard normal: IQR / 1.349 is a sigma-like robust scale.
 IQR_TO_SIGMA = 1.349
 #: Rows scored at a time (bounds float64 temporaries to a few tens of MB at any width).
@@ -50,28 +49,26 @@ _CHUNK_ROWS = 65_536
 DETECTORS = ("zscore", "iforest", "covariance", "pca_residual")
 
 
-def _tail_scales(a: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median and distances from it to the lower / upper ``q`` tail quantile, per column.
+def _tail_scales(a: np.ndarray, q: float, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from the median to the lower / upper ``q`` tail quantile, per column.
 
     Scaling each side by its own tail distance makes |z| = 1 mean "as extreme as the most extreme
     (1 - q) of training" for every feature, whatever the shape of its distribution: a heavy-tailed
     feature (rate of change) no longer outshouts a well-behaved one (level) on ordinary rows.
+    A side with no spread at all uses ``fallback`` (the feature's robust scale).
     """
     lo, med, hi = np.percentile(a, [100.0 * (1.0 - q), 50.0, 100.0 * q], axis=0)
-    _, fallback = _robust_center_scale(a)
     up = np.where(hi - med > 0, hi - med, fallback)
     down = np.where(med - lo > 0, med - lo, fallback)
-    return med, down, up
+    return down, up
 
 
-def _robust_center_scale(a: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Median and IQR-sigma; a zero scale (constant column) becomes the std, then 1."""
-    q1, med, q3 = np.percentile(a, [25, 50, 75], axis=axis)
+def _robust_center_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and IQR-sigma per column; a zero IQR falls back to the std, a constant column to 1."""
+    q1, med, q3 = np.percentile(a, [25, 50, 75], axis=0)
     scale = (q3 - q1) / IQR_TO_SIGMA
-    std = np.std(a, axis=axis)
-    scale = np.where(scale > 0, scale, std)
-    scale = np.where(scale > 0, scale, 1.0)
-    return med, scale
+    scale = np.where(scale > 0, scale, np.std(a, axis=0))
+    return med, np.where(scale > 0, scale, 1.0)
 
 
 class EnsembleDetector(OutlierMixin, BaseEstimator):
@@ -87,6 +84,11 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
     w_zscore, w_iforest, w_covariance, w_pca_residual : weights of the member detectors (>= 0).
     combine : "mean" (weighted mean of normalised scores) or "max" (largest weighted score).
     z_clip : |z| cap, so one broken feature cannot outvote everything else by orders of magnitude.
+    tail_quantile : the z-score detector measures a feature in units of the distance from its training
+        median to this quantile (each side separately), so |z| = 1 means "as unusual as the most
+        extreme 1 - q of training".
+    joint_kinds : feature kinds (``<sensor>__<kind>`` names) the covariance / PCA detectors use; all
+        features when None or when X has no feature names.
     max_fit_rows : rows sampled (seeded) for the normalisation statistics and the forest.
     mcd_max_rows : rows sampled for MinCovDet, whose cost grows quickly with rows.
     random_state : seed for every sampled step (same seed, same data -> same scores).
@@ -169,7 +171,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         sample = X[np.sort(rng.choice(n, self.max_fit_rows, replace=False))] if n > self.max_fit_rows else X
         sample64 = np.asarray(sample, dtype=np.float64)
         self.center_, self.scale_ = _robust_center_scale(sample64)
-        _, self.tail_down_, self.tail_up_ = _tail_scales(sample64, self.tail_quantile)
+        self.tail_down_, self.tail_up_ = _tail_scales(sample64, self.tail_quantile, self.scale_)
         self.detector_weights_ = weights
         self.joint_columns_ = self._joint_columns(p)
         self.iforest_: IsolationForest | None = None

@@ -65,13 +65,14 @@ def _run_on_dask(fn: Callable[..., T], calls: Sequence[dict[str, Any]], address:
     from prefect.cache_policies import NO_CACHE
     from prefect_dask import DaskTaskRunner
 
-    remote = task(fn, name=f"{label}-task", cache_policy=NO_CACHE, persist_result=False)
+    remote = task(name=f"{label}-task", cache_policy=NO_CACHE, persist_result=False)(fn)
 
     def submit_all() -> list[Any]:
         futures = [remote.submit(**kw) for kw in calls]
         return [f.result() for f in futures]
 
     runner = DaskTaskRunner(address=address)
-    run = flow(submit_all, name=f"plantwatch-{label}", task_runner=runner, persist_result=False,
-               log_prints=False, validate_parameters=False)
+    # prefect-dask's runner is typed on its own future class, which prefect's stubs do not accept
+    run = flow(name=f"plantwatch-{label}", task_runner=runner,  # type: ignore[arg-type]
+               persist_result=False, log_prints=False, validate_parameters=False)(submit_all)
     return list(run())

@@ -84,9 +84,15 @@ class _Streams:
     faults: np.random.Generator
 
     @classmethod
-    def from_seed(cls, seed: int) -> _Streams:
+    def from_seed(cls, seed: int, variant: int = 0) -> _Streams:
+        """``variant`` > 0 keeps the fleet (asset baselines from ``seed``) but draws new load, noise
+        and faults: the same plant on another day, e.g. the traffic a deployed model scores."""
         children = np.random.SeedSequence(seed).spawn(4)
-        return cls(*(np.random.default_rng(c) for c in children))
+        streams = [np.random.default_rng(c) for c in children]
+        if variant:
+            fresh = np.random.SeedSequence([seed, variant]).spawn(3)
+            streams[1:] = [np.random.default_rng(c) for c in fresh]
+        return cls(*streams)
 
 
 @dataclass
@@ -113,10 +119,12 @@ def simulate_fleet(
     seed: int | None = None,
     assets: int | None = None,
     days: float | None = None,
+    variant: int = 0,
 ) -> pd.DataFrame:
     """Simulate a labelled fleet; pure and deterministic by seed (no file I/O, no params loading).
 
-    Keyword arguments override the corresponding ``sim`` fields. Returns the canonical frame:
+    Keyword arguments override the corresponding ``sim`` fields; ``variant`` (>= 0) draws another
+    stretch of operation of the SAME fleet (same assets, new load/noise/faults). Returns the canonical frame:
     ``timestamp`` (naive UTC), ``asset``, ``data.sensors`` in order, ``label`` (0/1), ``fault_kind``,
     sorted by asset then timestamp at a fixed ``data.interval_s``.
     """
@@ -127,7 +135,9 @@ def simulate_fleet(
     t0 = _naive_utc(pd.Timestamp(sim.start) if start is None else pd.Timestamp(start))
     interval = float(data.interval_s)
     n = max(1, int(round(n_days * _S_PER_DAY / interval)))
-    streams = _Streams.from_seed(seed)
+    if variant < 0:
+        raise UsageError(f"variant must be >= 0 (got {variant})")
+    streams = _Streams.from_seed(seed, variant)
     drift = scenario == "drift"
 
     abs_s = t0.value / 1e9 + np.arange(n) * interval  # seconds since the Unix epoch, per reading

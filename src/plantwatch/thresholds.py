@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from plantwatch.errors import DataError
 from plantwatch.evaluation import asset_days, false_alarm_count
+
+
+class CalibrationError(DataError, ValueError):
+    """The validation data cannot set a threshold. A ``DataError`` so the CLI and flows report one
+    line (not a traceback) when, e.g., mislabelled data leaves no normal rows; still a ValueError."""
 
 #: Number of candidate thresholds scanned (resolution of the search, not a decision threshold).
 THRESHOLD_CANDIDATES = 256
@@ -58,10 +64,10 @@ def alert_threshold(
     y = np.asarray(labels, dtype=int)
     normal = s[y == 0]
     if normal.size == 0:
-        raise ValueError("threshold calibration needs normal rows; the validation period has none")
+        raise CalibrationError("threshold calibration needs normal rows; the validation period has none")
     days = asset_days(groups, timestamps)
     if not np.isfinite(days) or days <= 0:
-        raise ValueError("threshold calibration needs at least two readings of one asset")
+        raise CalibrationError("threshold calibration needs at least two readings of one asset")
     best = float(np.nextafter(normal.max(), np.inf))
     best_rate = false_alarm_count(y, s >= best, groups, episode_gap) / days
     for t in _candidates(normal, n_candidates):

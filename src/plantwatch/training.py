@@ -319,7 +319,8 @@ def train_candidates(
     folds = make_folds(combined[schema.TIMESTAMP], s.train.cv_folds, s.train.cv_min_train_fraction,
                        min_train_rows=len(train) if official_train_rows else 0)
     kinds = list(s.train.candidates)
-    grids = {kind: (grid_points(s.train) if kind == CUSTOM else [{}]) for kind in kinds}
+    grids: dict[str, list[dict[str, Any]]] = {
+        kind: (grid_points(s.train) if kind == CUSTOM else [{}]) for kind in kinds}
     assets = sorted(combined[schema.ASSET].astype(str).unique())
 
     def final_call(kind: str, hyper: dict[str, Any]) -> dict[str, Any]:

@@ -392,3 +392,17 @@ def test_summary(small_fleet: pd.DataFrame) -> None:
     assert s["anomalous_share"] == pytest.approx(small_fleet[LABEL].mean())
     assert set(s["fault_kinds"]) == set(FAULT_KINDS)
     assert sum(k["rows"] for k in s["fault_kinds"].values()) == small_fleet[LABEL].sum()
+
+
+def test_variant_keeps_the_fleet_but_draws_a_new_stretch(sim_params) -> None:
+    """Another day of the same plant: same per-asset operating levels, different noise."""
+    from plantwatch.simulate import simulate_fleet
+
+    base = simulate_fleet(sim_params.simulate, sim_params.data, days=2, assets=3)
+    other = simulate_fleet(sim_params.simulate, sim_params.data, days=2, assets=3, variant=1)
+    stranger = simulate_fleet(sim_params.simulate, sim_params.data, days=2, assets=3, seed=999)
+    assert not base["flow"].equals(other["flow"])
+    level = base.groupby("asset")["flow"].median()
+    assert (other.groupby("asset")["flow"].median() - level).abs().max() < (
+        stranger.groupby("asset")["flow"].median() - level
+    ).abs().max()

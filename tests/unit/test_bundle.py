@@ -61,6 +61,8 @@ def test_context_removes_cold_start(fleet) -> None:
     np.testing.assert_allclose(with_history, full.loc[after.index].to_numpy(), rtol=1e-6, atol=1e-6)
     cold = bundle.anomaly_score(after)
     assert not np.allclose(cold, with_history)  # without history the first windows differ
+    # readings at or after the period's start are never history, even if the context holds them
+    np.testing.assert_array_equal(bundle.anomaly_score(after, context=frame), with_history)
 
 
 def test_skops_round_trip_only_trusted_types(fleet, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -16,14 +16,19 @@ class SplitConfig(StrictModel):
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
+RollingStat = Literal["mean", "std", "min", "max", "slope"]
+
+
+def _all_stats() -> list[RollingStat]:
+    return ["mean", "std", "min", "max", "slope"]
+
+
 class FeaturesConfig(StrictModel):
     """``features:`` block — what ``plantwatch.features.FeatureBuilder`` computes per sensor."""
 
     #: Trailing rolling windows, in readings per asset (causal: current and earlier readings only).
     windows: list[PositiveInt] = Field(default_factory=lambda: [5, 30, 120], min_length=1)
-    stats: list[Literal["mean", "std", "min", "max", "slope"]] = Field(
-        default_factory=lambda: ["mean", "std", "min", "max", "slope"]
-    )
+    stats: list[RollingStat] = Field(default_factory=_all_stats)
     #: Cross-sensor residuals (each sensor vs. a robust linear model of the others).
     residuals: bool = True
     #: Stuck-sensor run length is capped at, and divided by, this many readings.
@@ -74,7 +79,7 @@ class ModelConfig(StrictModel):
     mcd_max_rows: int = Field(default=3_000, ge=2)
     grid: dict[GridKey, list[float | int | str]] = Field(default_factory=dict)
 
-    def estimator_params(self) -> dict[str, object]:
+    def estimator_params(self) -> dict[str, Any]:
         """Constructor keyword arguments of ``EnsembleDetector`` (everything but the grid)."""
         params = self.model_dump(exclude={"grid"})
         if params["joint_kinds"] is not None:
