@@ -189,8 +189,8 @@ class DetectorBundle:
         return (f"DetectorBundle(kind={self.kind!r}, sensors={len(self.sensors)}, assets={len(self.assets)}, "
                 f"threshold_={self.threshold_:.4g}, review_low_={self.review_low_:.4g})")
 
-    def with_operating_point(self, threshold: float, review_low: float) -> DetectorBundle:
-        """Same model, new threshold and review band (set once the validation scores are known)."""
+    def set_operating_point(self, threshold: float, review_low: float) -> DetectorBundle:
+        """Set the threshold and review band (once validation scores are known); returns the bundle."""
         if review_low > threshold:
             raise ValueError(f"review_low ({review_low}) must not exceed threshold ({threshold})")
         self.threshold_, self.review_low_ = float(threshold), float(review_low)
@@ -210,9 +210,14 @@ class DetectorBundle:
         """
         frame, n_ctx = with_context(context, self._with_all_sensors(df), self.window_)
         scores = np.empty(len(frame), dtype=float)
-        for rows, X in feature_blocks(self.features, frame):
-            scores[rows] = self.detector.anomaly_score(X)
+        for rows, _, block_scores in self._scored_blocks(frame):
+            scores[rows] = block_scores
         return scores[n_ctx:]
+
+    def _scored_blocks(self, frame: pd.DataFrame) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(row positions, features, scores) per block of ``frame`` (see ``feature_blocks``)."""
+        for rows, X in feature_blocks(self.features, frame):
+            yield rows, X, np.asarray(self.detector.anomaly_score(X), dtype=float)
 
     def sensor_contributions(self, X: np.ndarray) -> np.ndarray:
         """(rows, sensors): the detector's per-feature contributions summed per source sensor."""
@@ -227,8 +232,8 @@ class DetectorBundle:
         frame = self._with_all_sensors(df)
         scores = np.empty(len(frame), dtype=float)
         top: list[list[dict[str, Any]]] = [[] for _ in range(len(frame))]
-        for rows, X in feature_blocks(self.features, frame):
-            scores[rows] = self.detector.anomaly_score(X)
+        for rows, X, block_scores in self._scored_blocks(frame):
+            scores[rows] = block_scores
             for i, entry in zip(rows, self._top_sensors(self.sensor_contributions(X)), strict=True):
                 top[i] = entry
         first = [t[0]["sensor"] if t else None for t in top]

@@ -142,7 +142,7 @@ def choose_candidate(holdout: dict[str, dict[str, float]], gates: GatesConfig) -
                           f"{gain:+.3f} (required ≥ {gates.min_gain_over_baseline:+.3f})"]
     return "baseline", [f"baseline chosen: custom holdout PR-AUC {custom:.3f} does not beat baseline "
                         f"{base:.3f} by the required {gates.min_gain_over_baseline:+.3f} (gain {gain:+.3f}); "
-                        "the simpler model wins ties"]
+                        "the simpler model is kept"]
 
 
 def _gate(name: str, value: float | None, threshold: float, higher_is_better: bool) -> dict[str, Any]:
@@ -221,21 +221,26 @@ def render_report(decision: dict[str, Any], holdout: dict[str, dict[str, float]]
               "| gate | value | threshold | result |", "|---|---|---|---|"]
     for g in decision["gates"]:
         result = "skipped" if g.get("skipped") else ("pass" if g["passed"] else "**FAIL**")
-        lines.append(f"| {g['name']} | {_fmt(g['value'])} | {_fmt(g['threshold'])} | {result} |")
+        lines.append(f"| {g['name']} | {fmt_value(g['value'])} | {fmt_value(g['threshold'])} | {result} |")
     names = list(holdout)
     lines += ["", "## Holdout metrics (point-wise at the operating threshold)", "",
               "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {k} | " + " | ".join(_fmt(holdout[n][k]) for n in names) + " |" for k in METRIC_KEYS]
+    lines += [f"| {k} | " + " | ".join(fmt_value(holdout[n][k]) for n in names) + " |" for k in METRIC_KEYS]
     lines += ["", "## Cross-validation (mean ± std, interval)", "",
               "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k in METRIC_KEYS:
-        cells = [f"{_fmt(cv[n][k]['mean'])} ± {_fmt(cv[n][k]['std'])} [{_fmt(cv[n][k]['ci_low'])}, "
-                 f"{_fmt(cv[n][k]['ci_high'])}]" for n in names]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines.append(f"| {k} | " + " | ".join(fmt_summary(cv[n][k]) for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(v: Any) -> str:
+def fmt_summary(summary: dict[str, float]) -> str:
+    """``mean ± std [ci_low, ci_high]`` of one CV metric."""
+    return (f"{fmt_value(summary['mean'])} ± {fmt_value(summary['std'])} "
+            f"[{fmt_value(summary['ci_low'])}, {fmt_value(summary['ci_high'])}]")
+
+
+def fmt_value(v: Any) -> str:
+    """A metric for people: 4 significant digits, ``n/a`` for undefined."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.4g}" if isinstance(v, float | int) else str(v)

@@ -56,6 +56,7 @@ from plantwatch.parallel import run_calls
 from plantwatch.paths import ProjectPaths
 from plantwatch.registry.atomic import atomic_write_json
 from plantwatch.rules import rules_from_config
+from plantwatch.split_pin import SplitPin, pinned_split
 from plantwatch.thresholds import calibrate
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,13 @@ def prepare_split(
     *,
     train_rows: int | None = None,
     review_labels: pd.DataFrame | None = None,
+    pin: SplitPin | None = None,
 ) -> tuple[Split, int]:
     """Reviewed labels (if any) override source labels, then the time split; returns (split, labels used).
 
     Labels are merged BEFORE splitting so that threshold calibration (validation) and evaluation
-    (holdout) both see the reviewers' verdicts.
+    (holdout) both see the reviewers' verdicts. With a ``pin`` (a retrain), the validation and holdout
+    periods are the pinned ones and every other row, newer ones included, trains.
     """
     used = 0
     if review_labels is not None and not review_labels.empty:
@@ -89,6 +92,8 @@ def prepare_split(
 
         clean, summary = merge_review_labels(clean, review_labels)
         used = int(summary.matched)
+    if pin is not None:
+        return pinned_split(clean, pin, train_rows=train_rows), used
     return time_split(clean, split, train_rows=train_rows), used
 
 
@@ -249,7 +254,7 @@ def fit_final(kind: str, hyper: dict[str, Any], train: pd.DataFrame, validation:
     scores = bundle.anomaly_score(validation, context=train)
     op = _operating_point(scores, validation, s)
     bundle.metadata[VALIDATION_FA] = op["false_alarms_per_asset_day"]
-    return bundle.with_operating_point(op["threshold"], op["review_low"])
+    return bundle.set_operating_point(op["threshold"], op["review_low"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -427,11 +432,18 @@ def features_stage(paths: ProjectPaths, params: Params) -> dict[str, Any]:
         from plantwatch.review import ReviewQueue
 
         labels = ReviewQueue.for_project(paths, params.review).reviewed_labels()
-    split, used = prepare_split(clean, params.split, train_rows=params.data.train_rows, review_labels=labels)
+    pin_file = paths.resolve(params.split.pin_path) if params.split.pin_path else None
+    pin = SplitPin.from_dict(json.loads(pin_file.read_text())) if pin_file and pin_file.is_file() else None
+    split, used = prepare_split(
+        clean, params.split, train_rows=params.data.train_rows, review_labels=labels, pin=pin
+    )
+    if pin_file is not None and pin is None:
+        atomic_write_json(pin_file, SplitPin.of(split).to_dict())
     paths.processed.mkdir(parents=True, exist_ok=True)
     for name in PARTS:
         getattr(split, name).to_parquet(paths.processed / f"{name}.parquet", index=False)
-    info = {**split.boundaries(), "review_labels_used": used, "source_md5": file_md5(clean_path)}
+    info = {**split.boundaries(), "review_labels_used": used, "source_md5": file_md5(clean_path),
+            "pinned": pin is not None}
     atomic_write_json(paths.processed / "split.json", info)
     return info
 

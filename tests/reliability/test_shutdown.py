@@ -30,7 +30,7 @@ from tests.reliability.conftest import (
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 IN_FLIGHT = 6
-READINGS_PER_ASSET = 150
+READINGS_PER_ASSET = 200  # 2 assets x 200 = serve.max_readings of the test project: slow enough to overlap
 EXIT_TIMEOUT_S = 60.0
 
 
@@ -72,7 +72,7 @@ def test_sigterm_with_requests_in_flight_completes_them_and_exits_0(live: LiveSe
             t.start()
         started.wait(timeout=30)
         # in flight = inside the server (BentoML's gauge), not merely sent
-        wait_for(lambda: _in_progress(url) >= IN_FLIGHT, 30, "the requests to be in flight")
+        wait_for(lambda: _in_progress(url) >= IN_FLIGHT, 60, "the requests to be in flight", interval=0.02)
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)  # what a process manager sends to the main process
         for t in threads:

@@ -7,8 +7,7 @@ is a ``GateFailed`` error: one line naming the gate, exit code 1.
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -25,12 +24,6 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("evaluate")(evaluate)
     app.command("gate")(gate)
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 @friendly
@@ -56,6 +49,7 @@ def features(as_json: JsonFlag = False) -> None:
 @friendly
 def train(as_json: JsonFlag = False) -> None:
     """Cross-validate and fit every candidate; write models/<candidate>.skops and models/train_info.json."""
+    from plantwatch.gating import fmt_value
     from plantwatch.training import train_stage
 
     ctx = common.load()
@@ -67,7 +61,7 @@ def train(as_json: JsonFlag = False) -> None:
     for kind, c in info["candidates"].items():
         hyper = str(c["hyperparameters"] or "defaults")
         table.add_row(kind, str(c["detector"]), str(len(c["features"])), hyper,
-                      _fmt(c["threshold"]), _fmt(c["review_low"]))
+                      fmt_value(c["threshold"]), fmt_value(c["review_low"]))
     common.console.print(table)
     common.console.print(f"{len(info['cv']['folds'])} CV folds; git {info['git_commit'][:12]}, "
                          f"data md5 {info['data_hash']}", highlight=False)
@@ -77,19 +71,20 @@ def train(as_json: JsonFlag = False) -> None:
 def evaluate(as_json: JsonFlag = False) -> None:
     """Holdout and CV metrics of every candidate; DVC plots and PNG figures."""
     from plantwatch.evaluation import METRIC_KEYS
-    from plantwatch.gating import evaluate_stage
+    from plantwatch.gating import evaluate_stage, fmt_summary, fmt_value
 
     ctx = common.load()
     result = evaluate_stage(ctx.paths, ctx.params)
     if as_json:
-        common.echo_json({"holdout": result.holdout, "cv": result.cv})
+        from plantwatch.registry.atomic import json_safe
+
+        common.echo_json(json_safe({"holdout": result.holdout, "cv": result.cv}))  # NaN -> null
         return
     names = list(result.holdout)
-    table = Table("metric", *(f"{n} holdout" for n in names), *(f"{n} CV mean [CI]" for n in names))
+    table = Table("metric", *(f"{n} holdout" for n in names), *(f"{n} CV mean ± std [CI]" for n in names))
     for k in METRIC_KEYS:
-        cv = [f"{_fmt(result.cv[n][k]['mean'])} [{_fmt(result.cv[n][k]['ci_low'])}, "
-              f"{_fmt(result.cv[n][k]['ci_high'])}]" for n in names]
-        table.add_row(k, *(_fmt(result.holdout[n][k]) for n in names), *cv)
+        table.add_row(k, *(fmt_value(result.holdout[n][k]) for n in names),
+                      *(fmt_summary(result.cv[n][k]) for n in names))
     common.console.print(table)
 
 

@@ -10,10 +10,16 @@ from plantwatch.config.base import StrictModel
 
 
 class SplitConfig(StrictModel):
-    """Time-based split; the holdout is always the most recent period and is never fitted on."""
+    """Time-based split; the holdout is the most recent period of the FIRST split and is never fitted on.
+
+    ``pin_path``: where the first split's periods are pinned (``plantwatch.split_pin``), so every later
+    retrain is judged on the same holdout rows and newer data goes to training. ``null`` re-cuts the
+    most recent period each time.
+    """
 
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    pin_path: str | None = "data/split_pin.json"
 
 
 RollingStat = Literal["mean", "std", "min", "max", "slope"]
