@@ -102,25 +102,32 @@ def served_version(url: str) -> str:
     return str(httpx.post(f"{url}/model", json={}, timeout=30).json()["model_version"])
 
 
-def send_day(url: str, day: pd.DataFrame, sensors: list[str]) -> tuple[list[str], pd.Series]:
-    """One request per asset (a day of consecutive readings = the history rolling features need)."""
+def send_day(
+    url: str, day: pd.DataFrame, sensors: list[str], history: pd.DataFrame, window: int
+) -> tuple[list[str], pd.Series]:
+    """One request per asset: the asset's last ``window`` readings (the history rolling features
+    need, as a plant system streaming a sliding window would send) followed by the new day."""
     ids: list[str] = []
     decisions: list[str] = []
-    for _, rows in day.groupby(schema.ASSET, sort=True):
+    for asset, new in day.groupby(schema.ASSET, sort=True):
+        before = history[history[schema.ASSET] == asset].tail(window)
+        rows = pd.concat([before, new], ignore_index=True)
+        values = rows[sensors].to_numpy()
         readings = [
-            {"timestamp": ts.isoformat(), "asset": asset, **{s: float(v) for s, v in zip(sensors, vals)}}
-            for ts, asset, vals in zip(rows[schema.TIMESTAMP], rows[schema.ASSET], rows[sensors].to_numpy())
+            {"timestamp": ts.isoformat(), "asset": str(asset),
+             **dict(zip(sensors, map(float, vals), strict=True))}
+            for ts, vals in zip(rows[schema.TIMESTAMP], values, strict=True)
         ]
         resp = httpx.post(f"{url}/score", json={"readings": readings}, timeout=120)
         resp.raise_for_status()
         body = resp.json()
         ids.append(body["request_id"])
-        decisions += [r["decision"] for r in body["results"]]
+        decisions += [r["decision"] for r in body["results"][len(before):]]
     return ids, pd.Series(decisions).value_counts()
 
 
-def logged_window(paths: ProjectPaths, request_ids: list[str], name: str) -> Path:
-    """The inference-log rows of these requests as one monitoring batch file."""
+def logged_window(paths: ProjectPaths, request_ids: list[str], name: str, day: pd.DataFrame) -> Path:
+    """The inference-log rows of these requests, inside the day's time range, as one monitoring batch."""
     deadline = time.monotonic() + 30
     while True:  # the service writes its log from a background thread
         logged = read_log(paths.inference_log)
@@ -130,6 +137,8 @@ def logged_window(paths: ProjectPaths, request_ids: list[str], name: str) -> Pat
         if time.monotonic() > deadline:
             raise SystemExit("the service did not write its inference log in time")
         time.sleep(1)
+    ts = pd.to_datetime(window[schema.TIMESTAMP])
+    window = window[(ts >= day[schema.TIMESTAMP].min()) & (ts <= day[schema.TIMESTAMP].max())]
     out = paths.root / "data" / "monitoring-batches" / f"{name}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     window.drop(columns=["date"], errors="ignore").to_parquet(out, index=False)
@@ -194,7 +203,9 @@ def summary(paths: ProjectPaths, params: Params, url: str, story: dict[str, Any]
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
-    for noisy in ("great_expectations", "distributed", "bentoml", "httpx", "urllib3", "matplotlib", "prefect"):
+    noisy_loggers = ("great_expectations", "distributed", "bentoml", "httpx", "urllib3", "matplotlib",
+                     "prefect")
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     paths = ProjectPaths.at(ROOT)
     params = load_params(paths.params)
@@ -225,24 +236,28 @@ def main() -> int:
 
         raw = pd.read_parquet(paths.resolve(params.data.sources[0]))
         start = pd.Timestamp(raw[schema.TIMESTAMP].max()) + pd.Timedelta(seconds=params.data.interval_s)
+        window = int(httpx.post(f"{url}/model", json={}, timeout=30).json()["window"])
         day = pd.Timedelta(days=1)
 
         step("3/6 a normal day of traffic → scored → monitored")
         normal = simulate_fleet(params.simulate, params.data, scenario="normal", start=start,
                                 variant=1, days=1)
-        ids, counts = send_day(url, normal, sensors)
-        console.print(f"  decisions: {counts.to_dict()}")
-        monitor(paths, logged_window(paths, ids, "day-1-normal"))
+        ids, counts = send_day(url, normal, sensors, raw, window)
+        faults = int(normal["label"].sum())
+        console.print(f"  decisions: {counts.to_dict()} (rows inside true fault episodes: {faults})")
+        monitor(paths, logged_window(paths, ids, "day-1-normal", normal))
 
         step("4/6 the plant changes: two days of a new operating regime + a recalibrated pressure sensor")
         before_version = served_version(url)
         outcome: dict[str, Any] = {}
+        previous = normal
         for i in (1, 2):
             drift = simulate_fleet(params.simulate, params.data, scenario="drift", start=start + i * day,
                                    variant=1 + i, days=1)
-            ids, counts = send_day(url, drift, sensors)
+            ids, counts = send_day(url, drift, sensors, previous, window)
             console.print(f"  drift day {i} decisions: {counts.to_dict()}")
-            outcome = monitor(paths, logged_window(paths, ids, f"day-{i + 1}-drift"))
+            outcome = monitor(paths, logged_window(paths, ids, f"day-{i + 1}-drift", drift))
+            previous = drift
 
         step("5/6 retrain outcome and hot reload")
         result = outcome.get("retrain_outcome") or {}
@@ -258,7 +273,7 @@ def main() -> int:
         story["service now serves"] = now + (" (hot-reloaded, no restart)" if now != before_version else "")
         check = simulate_fleet(params.simulate, params.data, scenario="drift", start=start + 3 * day,
                                variant=9, days=1)
-        _, counts = send_day(url, check, sensors)
+        _, counts = send_day(url, check, sensors, previous, window)
         console.print(f"  the new regime scored by {now}: {counts.to_dict()}")
         story["new-regime decisions after retrain"] = counts.to_dict()
     finally:

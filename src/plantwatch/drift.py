@@ -143,11 +143,15 @@ def quantile_key(q: float) -> str:
 # --------------------------------------------------------------------------------------------------
 # batch facts
 # --------------------------------------------------------------------------------------------------
-def batch_stats(batch: pd.DataFrame, interval_s: float, quantiles: Sequence[float]) -> BatchStats:
+def batch_stats(
+    batch: pd.DataFrame, interval_s: float, quantiles: Sequence[float], episode_gap: int = 0
+) -> BatchStats:
     """Rows, time span, asset-days and (when the batch was scored) alert/review rates and score quantiles.
 
     Asset-days count readings, not wall-clock spans: each reading stands for ``interval_s`` seconds of
-    one asset, so gaps do not inflate the denominator of the alert rate.
+    one asset, so gaps do not inflate the denominator of the alert rate. Alerts are counted as alert
+    EPISODES (per asset, runs merged across at most ``episode_gap`` quiet readings) — the unit the
+    alert budget is defined in (``plantwatch.evaluation``), so the guard compares like with like.
     """
     rows = len(batch)
     asset_days = rows * interval_s / SECONDS_PER_DAY
@@ -160,8 +164,14 @@ def batch_stats(batch: pd.DataFrame, interval_s: float, quantiles: Sequence[floa
     assets = int(batch[schema.ASSET].nunique()) if schema.ASSET in batch else 1
     alerts = reviews = None
     if DECISION in batch and asset_days > 0:
-        decisions = batch[DECISION].astype(str)
-        alerts = float((decisions == schema.DECISION_ALERT).sum() / asset_days)
+        from plantwatch.evaluation import runs
+
+        keys = [c for c in (schema.ASSET, schema.TIMESTAMP) if c in batch]
+        ordered = batch.sort_values(keys, kind="stable")
+        decisions = ordered[DECISION].astype(str).to_numpy()
+        groups = ordered[schema.ASSET].to_numpy() if schema.ASSET in ordered else np.zeros(rows)
+        episodes = runs(decisions == schema.DECISION_ALERT, groups, episode_gap)
+        alerts = float(len(episodes) / asset_days)
         reviews = float((decisions == schema.DECISION_REVIEW).sum() / asset_days)
     score_q: dict[str, float] = {}
     if SCORE in batch and batch[SCORE].notna().any():
@@ -419,6 +429,7 @@ def check_drift(
     alert_budget: float,
     batch_id: str = "batch",
     timestamp: datetime | None = None,
+    episode_gap: int = 0,
 ) -> DriftCheck:
     """Per-sensor drift of ``batch`` against ``reference`` with Evidently, plus the batch's aggregates.
 
@@ -431,7 +442,7 @@ def check_drift(
     """
     _check_inputs(reference, batch, sensors, cfg)
     batch = batch.sort_values([c for c in (schema.ASSET, schema.TIMESTAMP) if c in batch], kind="stable")
-    stats = batch_stats(batch, interval_s, cfg.guard.quantiles)
+    stats = batch_stats(batch, interval_s, cfg.guard.quantiles, episode_gap)
     why_not = insufficiency(batch, sensors, cfg, stats)
     current = _with_aggregates(_thin(batch, cfg.max_rows), stats, alert_budget, cfg)
     has_score = bool(SCORE in batch and batch[SCORE].notna().any())

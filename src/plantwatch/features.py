@@ -13,6 +13,7 @@ row lands in two parts, so the holdout measures how the model does on the future
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -88,6 +89,25 @@ def _run_length(raw: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return (idx - last_change).astype(np.float64)
 
 
+def _sensor_matrix(df: pd.DataFrame, sensors: list[str]) -> np.ndarray:
+    """``df[sensors].to_numpy(dtype=float64, copy=True)``; column by column when every sensor column
+    is already plain float64 (same values, without the sub-frame pandas builds first)."""
+    columns = [df[s] for s in sensors] if df.columns.is_unique else None
+    if columns is not None and all(isinstance(c.dtype, np.dtype) and c.dtype == np.float64 for c in columns):
+        out = np.empty((len(df), len(sensors)), dtype=np.float64)
+        for j, c in enumerate(columns):
+            out[:, j] = c.to_numpy()
+        return out
+    return df[sensors].to_numpy(dtype=np.float64, copy=True)
+
+
+def _epoch_ns(ts: pd.Series) -> np.ndarray:
+    """Timestamps as int64 nanoseconds, as ``pd.to_datetime(ts)`` would give them (NaT -> int64 min)."""
+    if ts.dtype == np.dtype("datetime64[ns]"):
+        return ts.to_numpy().view(np.int64)
+    return pd.to_datetime(ts).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
 @dataclass(frozen=True)
 class _SortedRows:
     """Readings of a frame in (asset, time) order: normalised ``z``, raw values, bookkeeping."""
@@ -112,6 +132,17 @@ def _head_windows(z: np.ndarray, pos: np.ndarray, rows: np.ndarray, window: int)
     return vals, valid[:, :, None], ks
 
 
+@functools.lru_cache(maxsize=64)
+def _window_bounds(n: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """pandas' own (start, end) bounds of a trailing fixed window (read-only, cached per size)."""
+    start, end = FixedWindowIndexer(window_size=window).get_window_bounds(
+        num_values=n, min_periods=1, center=False, closed=None, step=None
+    )
+    start.flags.writeable = False
+    end.flags.writeable = False
+    return start, end
+
+
 def _rolling_columns(a: np.ndarray, window: int, stat: str) -> np.ndarray:
     """``pd.DataFrame(a).rolling(window, min_periods=1).<stat>()`` as an array (``std``: ddof=0).
 
@@ -124,20 +155,17 @@ def _rolling_columns(a: np.ndarray, window: int, stat: str) -> np.ndarray:
     out = np.empty(a.shape, dtype=np.float64)
     if n == 0:
         return out
-    start, end = FixedWindowIndexer(window_size=window).get_window_bounds(
-        num_values=n, min_periods=1, center=False, closed=None, step=None
-    )
-    for j in range(a.shape[1]):
-        col = np.ascontiguousarray(a[:, j], dtype=np.float64)
-        inf = np.isinf(col)
-        if inf.any():  # as pandas does before its kernels
-            col = np.where(inf, np.nan, col)
-        with np.errstate(all="ignore"):
-            if stat == "std":
-                out[:, j] = zsqrt(_window_kernels.roll_var(col, start, end, 1, ddof=0))
-            else:
-                out[:, j] = getattr(_window_kernels, f"roll_{stat}")(col, start, end, 1)
-    return out
+    start, end = _window_bounds(n, int(window))
+    cols = np.ascontiguousarray(a.T, dtype=np.float64)  # one row per column of ``a``
+    inf = np.isinf(cols)
+    if inf.any():  # as pandas does before its kernels
+        cols = np.where(inf, np.nan, cols)
+    kernel = _window_kernels.roll_var if stat == "std" else getattr(_window_kernels, f"roll_{stat}")
+    kwargs = {"ddof": 0} if stat == "std" else {}
+    with np.errstate(all="ignore"):
+        for j in range(cols.shape[0]):
+            out[:, j] = kernel(cols[j], start, end, 1, **kwargs)
+    return zsqrt(out) if stat == "std" else out
 
 
 def _rolling_mean(z: np.ndarray, pos: np.ndarray, window: int) -> np.ndarray:
@@ -320,7 +348,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
         if missing:
             raise DataError(f"telemetry frame lacks sensor column(s): {', '.join(missing)}")
         try:
-            values = df[sensors].to_numpy(dtype=np.float64, copy=True)
+            values = _sensor_matrix(df, sensors)
         except (TypeError, ValueError) as err:
             raise DataError(f"sensor columns must be numeric: {err}") from None
         values[~np.isfinite(values)] = np.nan  # +-inf from a broken sensor is treated like missing
@@ -330,7 +358,7 @@ class FeatureBuilder(TransformerMixin, BaseEstimator):
             assets = np.full(len(df), self.default_asset, dtype=object)
         codes, _ = pd.factorize(assets)  # hashing, not sorting: the asset order itself is irrelevant
         if schema.TIMESTAMP in df.columns:
-            ts = pd.to_datetime(df[schema.TIMESTAMP]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+            ts = _epoch_ns(df[schema.TIMESTAMP])
             order = np.lexsort((np.arange(len(df)), ts, codes))
         else:
             order = np.lexsort((np.arange(len(df)), codes))

@@ -440,7 +440,9 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         if not hasattr(self, "offset_"):
             check_is_fitted(self, "offset_")
         plain = _plain_float_matrix(self, X, allow_nan=False)
-        return plain if plain is not None else validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if plain is not None:
+            return plain
+        return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
 
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Anomaly score per row: HIGHER = MORE anomalous (``schema.HIGHER_IS_MORE_ANOMALOUS``)."""

@@ -50,7 +50,7 @@ from plantwatch.drift import (
     quantile_key,
     start_guard,
 )
-from plantwatch.errors import DataError, PlantwatchError, UsageError
+from plantwatch.errors import DataError, PlantwatchError, RegistryError, UsageError
 from plantwatch.paths import ProjectPaths
 from plantwatch.registry.atomic import atomic_write_bytes
 
@@ -451,6 +451,7 @@ def monitor_batch(
             cfg,
             interval_s=params.data.interval_s,
             alert_budget=params.train.alert_budget,
+            episode_gap=params.train.episode_gap,
             batch_id=batch_id,
         )
         decision, new_state = decide(
@@ -493,9 +494,15 @@ def monitor_batch(
                 if error:
                     outcome.errors.append(error)
                 else:
-                    # The rolled-back-to version served before: no new guard for it (no ping-pong).
-                    outcome.actions.append(f"rolled back to {did}" if did else "rolled back")
-                    new_state = new_state.model_copy(update={"production_version": did})
+                    if did is None:
+                        outcome.actions.append(
+                            f"rollback needed but no earlier production version exists: "
+                            f"{decision.rollback_reason}"
+                        )
+                    else:
+                        # The rolled-back-to version served before: no new guard for it (no ping-pong).
+                        outcome.actions.append(f"rolled back to {did}")
+                        new_state = new_state.model_copy(update={"production_version": did})
         save_state(mon.state, new_state)
         return outcome
     finally:
@@ -614,8 +621,14 @@ def registry_rollback(registry: Any) -> RollbackAction:
     """Rollback action: move production back to the previous version; returns the version now serving."""
 
     def act(decision: PolicyDecision) -> str | None:
+        """``None`` when there is no earlier production version: nothing safer to go back to, so the
+        breach is reported to a person instead of failing the monitoring run."""
         why = f"monitoring guard on batch {decision.batch_id}: {decision.rollback_reason}"
-        state = registry.rollback(reason=why)
+        try:
+            state = registry.rollback(reason=why)
+        except RegistryError as err:
+            log.warning("guard breach on %s but cannot roll back: %s", decision.batch_id, err)
+            return None
         return state.current
 
     return act

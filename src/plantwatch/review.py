@@ -987,12 +987,18 @@ class ReviewQueue:
 # --------------------------------------------------------------------------------------------------
 
 
+SQLITE_MAX_INT = 2**63 - 1
+
+
 class FeedbackPayload(BaseModel):
     """Body of ``POST /feedback``: either ``id`` of a queue item, or ``asset`` + ``timestamp``."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    id: int | None = Field(default=None, ge=1, description="queue item id (from `plantwatch review list`)")
+    #: SQLite's INTEGER is 64-bit: a larger id must be a 400, not an OverflowError (500) in the lookup.
+    id: int | None = Field(
+        default=None, ge=1, le=SQLITE_MAX_INT, description="queue item id (from `plantwatch review list`)"
+    )
     asset: str | None = Field(default=None, description="asset of a reading that may not be queued")
     timestamp: str | None = Field(default=None, description="ISO time of that reading (UTC if no offset)")
     model_version: str | None = Field(default=None, description="pin the item to a model version")

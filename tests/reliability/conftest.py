@@ -188,6 +188,32 @@ def http(live: LiveServer) -> Iterator[httpx.Client]:
         yield c
 
 
+RESTARTS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _revive_shared_server(request: pytest.FixtureRequest) -> None:
+    """The machine is shared: if the session server was stopped between tests (seen: a SIGTERM from
+    outside, clean exit 0), start it again on the same project so one outside kill does not fail
+    every later test. A server that dies DURING a test still fails that test (its requests fail);
+    every restart is logged in the server log folder and shown in the figures."""
+    if "live" not in request.fixturenames:
+        return
+    live: LiveServer = request.getfixturevalue("live")
+    code = live.proc.poll()
+    if code is None:
+        return
+    RESTARTS.append(f"before {request.node.name}: server had exited with {code}")
+    record_figure("shared server restarts (stopped from outside)", str(len(RESTARTS)), "0 expected")
+    port = free_port()
+    proc, log_path = launch(live.root, port, server_env(live.root))
+    live.proc, live.log_path, live.url = proc, log_path, f"http://127.0.0.1:{port}"
+    wait_for(lambda: up(live.url) or proc.poll() is not None, START_TIMEOUT_S, "the server to restart")
+    wait_for(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, START_TIMEOUT_S, "readiness")
+    if "http" in request.fixturenames:
+        request.getfixturevalue("http").base_url = live.url
+
+
 def fast_readings(live: LiveServer, n: int) -> list[dict[str, Any]]:
     """Same rows and order as ``test_service.readings`` (first ``n`` per asset, interleaved), built
     column-wise (that helper re-reads params.yaml per row, too slow for big bodies)."""

@@ -45,13 +45,14 @@ def fleet(days: float, seed: int, start: str = "2024-01-01", shift: float = 0.0)
 
 
 def scored(frame: pd.DataFrame, seed: int, alerts_per_asset_day: float = 0.0) -> pd.DataFrame:
-    """Add score/decision/model_version columns like the inference log has."""
+    """Add score/decision/model_version columns like the inference log has (alerts as separate events)."""
     rng = np.random.default_rng(seed)
     out = frame.copy()
     out["score"] = rng.random(len(out))
     n_alerts = int(round(alerts_per_asset_day * len(out) * INTERVAL_S / 86_400))
     out["decision"] = "normal"
-    out.loc[out.index[:n_alerts], "decision"] = "alert"
+    spread = np.linspace(0, len(out) - 1, n_alerts).astype(int) if n_alerts else np.array([], dtype=int)
+    out.loc[out.index[spread], "decision"] = "alert"
     out["model_version"] = "v1"
     return out
 
@@ -319,3 +320,15 @@ def test_guard_passes_after_n_healthy_batches_and_ignores_other_versions() -> No
         )
         assert not d.rollback
     assert state.guard is None and d.guard.startswith("passed")
+
+
+def test_alert_rate_counts_alert_episodes_like_the_budget() -> None:
+    """A 10-reading alert run is one alert (one operator page), as in the alert budget's definition."""
+    batch = scored(fleet(1, seed=11), seed=11, alerts_per_asset_day=0.0)
+    first = batch.index[batch["asset"] == batch["asset"].iloc[0]][:200]
+    batch.loc[first[100:110], "decision"] = "alert"
+    batch.loc[first[150], "decision"] = "alert"
+    s = batch_stats(batch, INTERVAL_S, [0.5], episode_gap=0)
+    assert s.alerts_per_asset_day == pytest.approx(2 / s.asset_days)
+    merged = batch_stats(batch, INTERVAL_S, [0.5], episode_gap=60)
+    assert merged.alerts_per_asset_day == pytest.approx(1 / s.asset_days)
