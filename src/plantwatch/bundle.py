@@ -250,9 +250,10 @@ class DetectorBundle:
         order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
         values = np.take_along_axis(contrib, order, axis=1)
         names = np.asarray(self.sensors, dtype=object)[order]
+        # plain Python lists first: iterating numpy rows element by element is ~3x slower per row
         return [
             [{"sensor": str(s), "contribution": float(v)} for s, v in zip(row_s, row_v, strict=True) if v > 0]
-            for row_s, row_v in zip(names, values, strict=True)
+            for row_s, row_v in zip(names.tolist(), values.tolist(), strict=True)
         ]
 
 

@@ -27,6 +27,8 @@ class SplitPin:
     validation_start: pd.Timestamp
     holdout_start: pd.Timestamp
     holdout_end: pd.Timestamp
+    #: Fingerprint of the holdout's READINGS (keys + sensor values, not labels): reviewers' verdicts
+    #: may relabel holdout rows, but the rows themselves must stay the same.
     holdout_sha256: str
 
     @classmethod
@@ -35,7 +37,7 @@ class SplitPin:
             validation_start=pd.Timestamp(split.validation_start),
             holdout_start=pd.Timestamp(split.holdout_start),
             holdout_end=pd.Timestamp(split.holdout[schema.TIMESTAMP].max()),
-            holdout_sha256=split.holdout_sha256,
+            holdout_sha256=readings_sha256(split.holdout),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +61,19 @@ class SplitPin:
             raise DataError(f"split pin is malformed ({err}); delete it to re-pin") from None
 
 
+#: Columns that are not readings: labels and their provenance, simulator/ingest metadata.
+_NOT_READINGS = {
+    schema.LABEL, "label_source", schema.FAULT_KIND, "type_errors", schema.ROW_ID, schema.BATCH_ID,
+}
+
+
+def readings_sha256(frame: pd.DataFrame) -> str:
+    """sha256 of the rows' keys and sensor values in (asset, timestamp) order, labels excluded."""
+    cols = [c for c in frame.columns if c not in _NOT_READINGS]
+    ordered = frame.sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable")[cols]
+    return frame_sha256(ordered.reset_index(drop=True))
+
+
 def pinned_split(df: pd.DataFrame, pin: SplitPin, *, train_rows: int | None = None) -> Split:
     """Cut ``df`` with the pinned periods. Raises when the holdout rows are no longer the pinned ones.
 
@@ -74,8 +89,7 @@ def pinned_split(df: pd.DataFrame, pin: SplitPin, *, train_rows: int | None = No
         if part.empty:
             raise DataError(f"the pinned split leaves the {name} part empty; delete the pin to re-split")
     holdout = holdout.sort_values([schema.ASSET, schema.TIMESTAMP], kind="stable")
-    digest = frame_sha256(holdout.reset_index(drop=True))
-    if digest != pin.holdout_sha256:
+    if readings_sha256(holdout) != pin.holdout_sha256:
         raise DataError(
             "the pinned holdout's rows changed (sha256 differs): models cannot be compared on it; "
             "delete the split pin to re-split deliberately"
@@ -86,7 +100,7 @@ def pinned_split(df: pd.DataFrame, pin: SplitPin, *, train_rows: int | None = No
         holdout=holdout,
         validation_start=pin.validation_start,
         holdout_start=pin.holdout_start,
-        holdout_sha256=digest,
+        holdout_sha256=frame_sha256(holdout.reset_index(drop=True)),
         train_rows=train_rows,
         counts={"train": len(train), "validation": len(validation), "holdout": len(holdout)},
     )

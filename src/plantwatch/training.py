@@ -313,16 +313,23 @@ def train_candidates(
     scale: ScaleConfig,
     *,
     official_train_rows: bool = False,
+    cv_until: pd.Timestamp | None = None,
 ) -> TrainResult:
     """Cross-validate every candidate, pick the custom model's hyperparameters, fit the final bundles.
 
     ``official_train_rows``: the train part is a dataset's official (unlabelled) training part, so
     CV test blocks must lie after it. The holdout is not an argument: it cannot leak into training.
+    ``cv_until`` (the pinned holdout's start): rows at or after it — production data appended after
+    the frozen holdout by retrains, unlabelled — train the final model but are not CV test blocks,
+    so CV keeps measuring on the labelled period and stays comparable across retrains.
     A candidate without a grid has nothing to select, so its final fit runs alongside the CV folds.
     """
     combined = _canonical(pd.concat([train, validation], ignore_index=True))
+    if cv_until is not None:
+        combined = combined[combined[schema.TIMESTAMP] < cv_until].reset_index(drop=True)
+    official = int((train[schema.TIMESTAMP] < cv_until).sum()) if cv_until is not None else len(train)
     folds = make_folds(combined[schema.TIMESTAMP], s.train.cv_folds, s.train.cv_min_train_fraction,
-                       min_train_rows=len(train) if official_train_rows else 0)
+                       min_train_rows=official if official_train_rows else 0)
     kinds = list(s.train.candidates)
     grids: dict[str, list[dict[str, Any]]] = {
         kind: (grid_points(s.train) if kind == CUSTOM else [{}]) for kind in kinds}
@@ -498,7 +505,8 @@ def train_stage(paths: ProjectPaths, params: Params) -> dict[str, Any]:
     split = read_json(paths.processed / "split.json", paths.root, "features")
     settings = Settings(data=params.data, features=params.features, train=params.train, rules=params.rules)
     result = train_candidates(train, validation, settings, params.scale,
-                              official_train_rows=params.data.train_rows is not None)
+                              official_train_rows=params.data.train_rows is not None,
+                              cv_until=pd.Timestamp(split["holdout_start"]))
     paths.models.mkdir(parents=True, exist_ok=True)
     for kind, bundle in result.bundles.items():
         save_bundle(bundle, paths.models / f"{kind}.skops")

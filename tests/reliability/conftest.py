@@ -50,6 +50,7 @@ __all__ = ["MAX_BODY_BYTES", "MAX_READINGS", "TOKEN", "readings", "wait_for"]
 JSON_HEADERS = {"content-type": "application/json"}
 #: In-flight API requests the test server admits; the rest must get 429/503 at once.
 MAX_CONCURRENCY = 4
+START_ATTEMPTS = 2
 
 # ------------------------------------------------------------------------------------------
 # Figures board
@@ -151,11 +152,15 @@ def start_live_server(root: Path, *, max_concurrency: int | None = MAX_CONCURREN
     registry = Registry(root, params.registry, bentoml_home=root / ".bentoml")
     artifacts, validation = train_bundles(root)
     tags = {kind: register(registry, path, kind) for kind, path in artifacts.items()}
-    port = free_port()
-    proc, log_path = launch(root, port, server_env(root, max_concurrency=max_concurrency))
-    url = f"http://127.0.0.1:{port}"
+    for attempt in range(START_ATTEMPTS):
+        port = free_port()
+        proc, log_path = launch(root, port, server_env(root, max_concurrency=max_concurrency))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda u=url, p=proc: up(u) or p.poll() is not None, START_TIMEOUT_S, "the server to start")
+        # exit code 0 before serving = stopped from outside (seen on the shared machine): try again
+        if proc.poll() != 0 or attempt == START_ATTEMPTS - 1:
+            break
     try:
-        wait_for(lambda: up(url) or proc.poll() is not None, START_TIMEOUT_S, "the server to start")
         assert proc.poll() is None, log_path.read_text()[-3000:]
         registry.promote(tags["custom"], reason="reliability suite")
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, START_TIMEOUT_S, "readiness")

@@ -45,3 +45,15 @@ def test_pin_round_trips_and_a_malformed_pin_is_one_clear_error(small_fleet, sim
     assert SplitPin.from_dict(pin.to_dict()) == pin
     with pytest.raises(DataError, match="malformed"):
         SplitPin.from_dict({"holdout_start": "x"})
+
+
+def test_reviewed_labels_may_relabel_the_holdout_without_breaking_the_pin(small_fleet, sim_params) -> None:
+    split = time_split(small_fleet, sim_params.split)
+    pin = SplitPin.of(split)
+    relabelled = small_fleet.copy()
+    relabelled.loc[split.holdout.index[:5], "label"] = 1
+    relabelled["label_source"] = "source"
+    again = pinned_split(relabelled, pin)
+    assert again.holdout["label"].sum() == split.holdout["label"].sum() + (
+        5 - int(split.holdout.loc[split.holdout.index[:5], "label"].sum())
+    )
