@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -184,6 +185,13 @@ def print_table(result: SoakResult, rows: int = 12) -> None:
     console.print(summary)
 
 
+def _importable_repo() -> None:
+    """Run as a script, ``bench/`` is on sys.path but the repo root (for ``bench.serving``) is not."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 def _body(root: Path, readings: int) -> bytes:
     from bench.serving import body_of, request_rows
     from plantwatch.config import load_params
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         result = soak(args.url, pid, body, seconds=args.seconds, clients=args.clients, sample_s=args.sample)
         print_table(result)
         return
+    _importable_repo()
     from bench.serving import running_server, throwaway_project
 
     with tempfile.TemporaryDirectory(prefix="pw-bench-soak-") as tmp:

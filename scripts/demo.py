@@ -263,8 +263,13 @@ def main() -> int:
         result = outcome.get("retrain_outcome") or {}
         story["drift decision"] = outcome.get("retrain")
         story["retrain"] = result.get("status", "not run")
+        before_after = f"{result.get('before')} → {result.get('after')}"
+        console.print(f"  retrain: [bold]{story['retrain']}[/] ({before_after})")
         if result.get("refusals"):
-            story["refused because"] = "; ".join(result["refusals"])[:200]
+            story["refused because"] = "; ".join(result["refusals"])[:300]
+            console.print(f"  refused because: {story['refused because']}")
+            console.print("  production is unchanged; the refused version is kept as 'rejected' with its "
+                          "reasons (plantwatch models), and operators see the alert storm on the dashboard")
         if result.get("status") == "promoted":
             deadline = time.monotonic() + RELOAD_TIMEOUT_S
             while served_version(url) == before_version and time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 from numbers import Integral, Real
@@ -33,7 +33,6 @@ from sklearn.covariance import EmpiricalCovariance, MinCovDet
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
-from sklearn.metrics import average_precision_score
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -563,7 +562,7 @@ def make_candidate(
 
     "baseline": raw (imputed) sensor columns + ``BaselineDetector`` (IsolationForest defaults).
     "custom": engineered features + ``EnsembleDetector`` with ``train.model`` (plus ``overrides``,
-    e.g. the parameters ``select_hyperparameters`` picked). Fit the builder on the training rows,
+    e.g. the grid point CV picked in ``plantwatch.training``). Fit the builder on the training rows,
     transform the whole frame (features need history), fit the detector on the training rows.
     """
     if kind not in CANDIDATE_KINDS:
@@ -580,60 +579,9 @@ def make_candidate(
 
 
 def grid_candidates(model: ModelConfig) -> list[dict[str, object]]:
-    """Every combination of ``train.model.grid`` as estimator overrides; ``[{}]`` for an empty grid."""
-    keys = sorted(model.grid)
+    """Every combination of ``train.model.grid`` as estimator overrides, in params order."""
+    keys = list(model.grid)  # params order: the first grid point is the first of each list
     return [dict(zip(keys, values, strict=True)) for values in product(*(model.grid[k] for k in keys))]
-
-
-@dataclass(frozen=True)
-class CVFold:
-    """One time-ordered fold: features to fit on (earlier rows) and labelled rows to score (later)."""
-
-    X_fit: Any
-    X_eval: Any
-    y_eval: np.ndarray
-
-
-@dataclass(frozen=True)
-class HyperparameterSearch:
-    """Result of ``select_hyperparameters``: the chosen overrides and every candidate's fold scores."""
-
-    best_params: dict[str, object]
-    results: list[dict[str, object]]
-
-
-def select_hyperparameters(
-    folds: Sequence[CVFold],
-    model: ModelConfig,
-    *,
-    seed: int = 0,
-    metric: Callable[[np.ndarray, np.ndarray], float] = average_precision_score,
-) -> HyperparameterSearch:
-    """Pick the ``train.model.grid`` point with the best mean ``metric`` (PR-AUC) over time-ordered folds.
-
-    The caller builds the folds (features fitted and computed without looking past each fold's fit
-    period) — the same folds as its cross-validation — so the model never chooses its settings on
-    the holdout. Folds whose evaluation rows hold a single class cannot rank anything and are
-    skipped; if none is usable the params' values are kept (``best_params == {}``). Ties keep the
-    earlier grid point, so the result is deterministic.
-    """
-    candidates = grid_candidates(model)
-    usable = [f for f in folds if len(np.unique(np.asarray(f.y_eval))) == 2]
-    if len(candidates) == 1 or not usable:
-        if len(candidates) > 1:
-            log.warning("no fold has both normal and anomalous rows: keeping train.model as configured")
-        return HyperparameterSearch(best_params={}, results=[])
-    results: list[dict[str, object]] = []
-    for params in candidates:
-        scores = []
-        for fold in usable:
-            det = EnsembleDetector.from_config(model, random_state=seed).set_params(**params)
-            det.fit(fold.X_fit)
-            scores.append(float(metric(np.asarray(fold.y_eval), det.anomaly_score(fold.X_eval))))
-        results.append({"params": params, "fold_scores": scores, "mean": float(np.mean(scores))})
-        log.info("grid point %s: mean %.4f over %d folds", params, np.mean(scores), len(scores))
-    best = max(range(len(results)), key=lambda i: (results[i]["mean"], -i))
-    return HyperparameterSearch(best_params=dict(candidates[best]), results=results)
 
 
 def fit_candidate(

@@ -31,7 +31,6 @@ import logging
 import math
 import subprocess
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +177,9 @@ class Settings:
 
 def grid_points(train: TrainConfig) -> list[dict[str, Any]]:
     """Every combination of ``train.model.grid`` (``[{}]`` when the grid is empty)."""
-    grid = train.model.grid
-    keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))] or [{}]
+    from plantwatch.model import grid_candidates
+
+    return grid_candidates(train.model) or [{}]
 
 
 def _normal_mask(frame: pd.DataFrame, fit_on_normal: bool) -> np.ndarray:

@@ -74,8 +74,8 @@ def test_sigterm_with_requests_in_flight_completes_them_and_exits_0(live: LiveSe
             t.start()
         started.wait(timeout=30)
         # in flight = inside the server (BentoML's gauge: one running, the others queued behind it)
-        wait_for(lambda: _in_progress(url) >= MIN_IN_PROGRESS, 60, "requests in flight", interval=0.02)
-        in_progress = _in_progress(url)
+        in_progress = wait_for(lambda: (n := _in_progress(url)) >= MIN_IN_PROGRESS and n, 60,
+                               "requests in flight", interval=0.02)  # fmt: skip
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)  # what a process manager sends to the main process
         for t in threads:

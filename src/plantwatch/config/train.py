@@ -62,7 +62,7 @@ GridKey = Literal[
 class ModelConfig(StrictModel):
     """``train.model`` sub-block — the custom model (``plantwatch.model.EnsembleDetector``).
 
-    ``grid`` lists alternatives that time-ordered CV (``plantwatch.model.select_hyperparameters``)
+    ``grid`` lists alternatives that time-ordered CV (``plantwatch.training.train_candidates``)
     may pick from; every other value is fixed. Keep it tiny: each grid point costs a full CV round.
     """
 
