@@ -41,7 +41,7 @@ BATCH_DAYS = 1
 #: Weekdays after the training window (a weekend batch would be compared with weekday reference).
 BATCH_STARTS = ["2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12", "2024-01-16"]
 #: Share of readings the "broken" model of the rollback test alerts on (1 in 10).
-BROKEN_ALERT_EVERY = 10
+BROKEN_ALERT_EVERY = 40  # isolated alerts (farther apart than train.episode_gap): 36 alert episodes per asset-day
 #: Bounds of the real-server test's waits (seconds).
 SERVER_START_S = 150
 DEPLOYMENT_READY_S = 90
@@ -447,8 +447,16 @@ def test_drifted_batch_triggers_exactly_one_retrain(
     out = monitoring_flow(batch_path=str(batch), root=str(paths.root))
 
     assert out["drift"] is True and out["retrain"] == "triggered" and out["retrain_route"] == "direct"
-    # Nothing changed for DVC, so the real pipeline reruns nothing: production stays.
-    assert out["retrain_outcome"]["status"] == "unchanged"
+    # The batch's validated rows were landed before the decision, so the retrain is "with the new
+    # validated data appended": the real pipeline re-ran, the new rows trained, and the outcome is a
+    # gate decision (promoted or refused), never "unchanged".
+    (landed,) = (paths.root / "data" / "landing").glob("monitored-*.parquet")
+    assert len(pd.read_parquet(landed)) == len(pd.read_parquet(batch))
+    assert out["retrain_outcome"]["status"] in {"promoted", "refused"}
+    train = pd.read_parquet(paths.processed / "train.parquet")
+    assert train["timestamp"].max() >= pd.Timestamp(BATCH_STARTS[0])
+    holdout = pd.read_parquet(paths.processed / "holdout.parquet")
+    assert holdout["timestamp"].max() < pd.Timestamp(BATCH_STARTS[0])  # the frozen holdout did not move
     assert len(audit(paths, "retrain_requested")) == 1
     (started,) = audit(paths, "retrain_started")[1:]  # [0] is the fixture's first training
     assert started["batch_id"] == out["batch_id"] and out["batch_id"] in started["reason"]
@@ -495,7 +503,7 @@ def test_burst_of_drifted_batches_retrains_once_within_the_cooldown(
 def test_alert_rate_breach_after_promotion_rolls_back(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
 ) -> None:
-    """A second version goes to production and then alerts on 10 % of the next day's readings."""
+    """A second version goes to production and then raises an alert every 40 readings the next day."""
     from flows.monitoring import monitoring_flow
     from plantwatch import inference_log, scoring
     from plantwatch.registry import Registry
@@ -511,8 +519,8 @@ def test_alert_rate_breach_after_promotion_rolls_back(
 
     # The inference log of one (past) day, scored by the new version, which alerts far too often.
     day = datetime.fromisoformat(BATCH_STARTS[2])
-    readings = simulate_fleet(params.simulate, params.data, start=pd.Timestamp(day), seed=400,
-                              assets=ASSETS, days=BATCH_DAYS)
+    readings = simulate_fleet(params.simulate, params.data, start=pd.Timestamp(day), variant=400,
+                              assets=ASSETS, days=BATCH_DAYS)  # the same fleet on another day
     _, bundle = registry.load_production()
     results = scoring.score_readings(bundle, readings)
     results.loc[results.index[::BROKEN_ALERT_EVERY], scoring.DECISION] = "alert"
