@@ -102,15 +102,18 @@ def dvc_executable() -> str:
     return str(local) if local.exists() else (shutil.which("dvc") or "dvc")
 
 
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the whole process group (DVC and the stage it runs), SIGKILL after a grace period."""
+def stop_process_group(proc: subprocess.Popen[Any], grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM the whole process group (e.g. DVC and the stage it runs), SIGKILL after a grace period.
+
+    SIGTERM, not SIGINT: processes started in the background ignore SIGINT.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=KILL_GRACE_S)
+            proc.wait(timeout=grace_s)
             return
         except subprocess.TimeoutExpired:
             continue
@@ -149,7 +152,7 @@ def run_repro(
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _stop_group(proc)
+        stop_process_group(proc)
         raise PipelineError(f"dvc repro did not finish within {timeout_s:g} s (stopped)") from None
     seconds = time.monotonic() - start
     for line in (out or "").splitlines():

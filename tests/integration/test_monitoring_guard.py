@@ -15,9 +15,10 @@ from plantwatch.bundle import save_bundle
 from plantwatch.cli import app
 from plantwatch.config import load_params
 from plantwatch.monitoring import load_state
-from plantwatch.registry import Evidence, Registry
+from plantwatch.registry import Registry
 from plantwatch.simulate import simulate_fleet
 from plantwatch.training import Settings, fit_final
+from tests.integration.test_service import register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,15 +26,6 @@ ASSETS = 2
 ALERT_SHARE = 0.01  # ~14 alerts per asset-day, far above any budget the guard tolerates
 
 
-def register(registry: Registry, artifact: Path, kind: str) -> str:
-    evidence = Evidence(
-        kind=kind,
-        train_info={"sources": ["simulator"]},
-        holdout={kind: {"pr_auc": 0.5}},
-        cv={},
-        gates={"passed": True, "chosen": kind, "gates": []},
-    )
-    return registry.register(artifact, evidence).tag
 
 
 def test_monitor_starts_the_guard_on_promotion_and_rolls_back_an_alarm_storm(project: Path) -> None:
