@@ -32,6 +32,7 @@ from plantwatch.evaluation import (
     METRIC_RANGES,
     frame_arrays,
     paired_block_bootstrap,
+    pr_auc,
     pr_curve,
     score_metrics,
     summarize,
@@ -201,6 +202,19 @@ def decide(
             "review_labels_used": int(review_labels_used)}
 
 
+def review_effect(
+    source_labels: np.ndarray, reviewed_labels: np.ndarray, scores: np.ndarray
+) -> dict[str, Any]:
+    """How reviewers' verdicts moved the holdout metric: PR-AUC under the source's labels vs the merged
+    labels, same scores. NaN where a labelling has no anomaly (undefined, never 0)."""
+    src, rev = np.asarray(source_labels, dtype=int), np.asarray(reviewed_labels, dtype=int)
+    return {
+        "rows_relabelled": int((src != rev).sum()),
+        "pr_auc_source_labels": pr_auc(src, scores),
+        "pr_auc_reviewed_labels": pr_auc(rev, scores),
+    }
+
+
 def first_failure(decision: dict[str, Any]) -> str | None:
     """One line naming the first failed gate (what the CLI prints before exiting 1)."""
     for g in decision["gates"]:
@@ -284,6 +298,8 @@ def evaluate_stage(paths: ProjectPaths, params: Params) -> Evaluation:
     labels, assets, ts = frame_arrays(holdout)
     scores = pd.DataFrame({schema.ASSET: assets, schema.TIMESTAMP: ts, schema.LABEL: labels,
                            **{f"score_{k}": v for k, v in result.scores.items()}})
+    if schema.SOURCE_LABEL in holdout.columns:  # reviewed labels were merged: keep the source's own
+        scores[schema.SOURCE_LABEL] = holdout[schema.SOURCE_LABEL].fillna(0).to_numpy().astype(int)
     scores.to_parquet(paths.metrics / HOLDOUT_SCORES, index=False)
     paths.plots.mkdir(parents=True, exist_ok=True)
     for name, table in result.plots.items():
@@ -321,10 +337,19 @@ def gate_stage(paths: ProjectPaths, params: Params) -> dict[str, Any]:
     cv = _nan_for_none(read_json(paths.metrics / "cv.json", paths.root, "evaluate"))
     split = read_json(paths.processed / "split.json", paths.root, "features")
     chosen, _ = choose_candidate(holdout, params.gates)
-    scores = pd.read_parquet(paths.metrics / HOLDOUT_SCORES, columns=[f"score_{chosen}"])
+    scores = pd.read_parquet(paths.metrics / HOLDOUT_SCORES)
     production = production_comparison(paths, params, scores[f"score_{chosen}"].to_numpy())
     decision = decide(holdout, cv, params.gates, production=production,
                       review_labels_used=int(split.get("review_labels_used", 0)))
+    if schema.SOURCE_LABEL in scores.columns:
+        effect = review_effect(scores[schema.SOURCE_LABEL].to_numpy(), scores[schema.LABEL].to_numpy(),
+                               scores[f"score_{chosen}"].to_numpy())
+        decision["review_effect"] = effect
+        decision["notes"].append(
+            f"reviewed labels changed {effect['rows_relabelled']} holdout label(s) and moved {chosen}'s "
+            f"holdout PR-AUC from {fmt_value(effect['pr_auc_source_labels'])} (source labels) to "
+            f"{fmt_value(effect['pr_auc_reviewed_labels'])} (with reviews)"
+        )
     atomic_write_json(paths.metrics / "gates.json", decision)
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "gates.md").write_text(render_report(decision, holdout, cv))

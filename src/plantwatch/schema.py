@@ -9,6 +9,9 @@ from __future__ import annotations
 TIMESTAMP = "timestamp"
 ASSET = "asset"
 LABEL = "label"
+#: The source's own label, kept beside ``label`` when reviewers' verdicts were merged in, so the gate
+#: report can say how the reviewed labels moved the metrics.
+SOURCE_LABEL = "source_label"
 #: Simulator-only metadata: which fault kind produced an anomalous row ("none" for normal rows).
 FAULT_KIND = "fault_kind"
 #: Row identity used to trace quarantined rows back to their batch.

@@ -63,7 +63,8 @@ class SplitPin:
 
 #: Columns that are not readings: labels and their provenance, simulator/ingest metadata.
 _NOT_READINGS = {
-    schema.LABEL, "label_source", schema.FAULT_KIND, "type_errors", schema.ROW_ID, schema.BATCH_ID,
+    schema.LABEL, schema.SOURCE_LABEL, "label_source", schema.FAULT_KIND, "type_errors",
+    schema.ROW_ID, schema.BATCH_ID,
 }
 
 

@@ -89,6 +89,8 @@ def prepare_split(
     if review_labels is not None and not review_labels.empty:
         from plantwatch.review import merge_review_labels
 
+        if schema.LABEL in clean.columns:
+            clean = clean.assign(**{schema.SOURCE_LABEL: clean[schema.LABEL]})
         clean, summary = merge_review_labels(clean, review_labels)
         used = int(summary.matched)
     if pin is not None:

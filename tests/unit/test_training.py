@@ -96,6 +96,7 @@ def test_features_stage_merges_reviewed_labels(project: Path) -> None:
     holdout = pd.read_parquet(paths.processed / "holdout.parquet")
     hit = holdout[(holdout["asset"] == last["asset"]) & (holdout["timestamp"] == last["timestamp"])]
     assert hit["label"].tolist() == [1] and hit["label_source"].tolist() == ["review"]
+    assert hit["source_label"].tolist() == [int(last["label"])]  # the source's own label is kept
     written = json.loads((paths.processed / "split.json").read_text())
     on_disk = {k: len(pd.read_parquet(paths.processed / f"{k}.parquet")) for k in training.PARTS}
     assert written["rows"] == on_disk
@@ -106,3 +107,18 @@ def test_features_stage_merges_reviewed_labels(project: Path) -> None:
 def test_features_stage_without_clean_data_says_what_to_run(project: Path) -> None:
     with pytest.raises(DataError, match="run `plantwatch validate` first"):
         training.features_stage(ProjectPaths.at(project), load_params(project / "params.yaml"))
+
+
+def test_review_effect_says_how_reviewed_labels_moved_pr_auc() -> None:
+    from plantwatch.gating import review_effect
+
+    scores = np.array([0.9, 0.8, 0.2, 0.1, 0.05])
+    source = np.array([1, 0, 0, 0, 0])
+    reviewed = np.array([1, 1, 0, 0, 0])  # a reviewer confirmed the second-highest score
+    effect = review_effect(source, reviewed, scores)
+    assert effect["rows_relabelled"] == 1
+    assert effect["pr_auc_source_labels"] == pytest.approx(1.0)
+    assert effect["pr_auc_reviewed_labels"] == pytest.approx(1.0)
+    worse = review_effect(source, np.array([1, 0, 0, 0, 1]), scores)  # a missed anomaly found by review
+    assert worse["pr_auc_reviewed_labels"] < worse["pr_auc_source_labels"]
+    assert np.isnan(review_effect(np.zeros(5), np.zeros(5), scores)["pr_auc_source_labels"])
