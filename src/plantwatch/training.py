@@ -181,7 +181,8 @@ def grid_points(train: TrainConfig) -> list[dict[str, Any]]:
     """Every combination of ``train.model.grid`` (``[{}]`` when the grid is empty)."""
     from plantwatch.model import grid_candidates
 
-    return grid_candidates(train.model) or [{}]
+    points: list[dict[str, Any]] = list(grid_candidates(train.model))
+    return points or [{}]
 
 
 def _normal_mask(frame: pd.DataFrame, fit_on_normal: bool) -> np.ndarray:

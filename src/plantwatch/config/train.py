@@ -23,6 +23,11 @@ class SplitConfig(StrictModel):
 
 
 RollingStat = Literal["mean", "std", "min", "max", "slope"]
+CandidateKind = Literal["baseline", "custom"]
+
+
+def _both_candidates() -> list[CandidateKind]:
+    return ["baseline", "custom"]
 
 
 def _all_stats() -> list[RollingStat]:
@@ -96,9 +101,7 @@ class ModelConfig(StrictModel):
 class TrainConfig(StrictModel):
     """``train:`` block — candidates, cross-validation and the operating point (see training.py)."""
 
-    candidates: list[Literal["baseline", "custom"]] = Field(
-        default_factory=lambda: ["baseline", "custom"], min_length=1
-    )
+    candidates: list[CandidateKind] = Field(default_factory=_both_candidates, min_length=1)
     seed: int = 0
     #: Time-ordered, expanding-window folds over train+validation (the holdout is never touched).
     cv_folds: int = Field(default=5, ge=5)
