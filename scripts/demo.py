@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import plantwatch  # noqa: E402,F401  (telemetry off before anything else)
 from plantwatch import schema  # noqa: E402
 from plantwatch.config import Params, load_params  # noqa: E402
 from plantwatch.inference_log import REQUEST_ID, read_log  # noqa: E402
-from plantwatch.orchestration import retrain  # noqa: E402
+from plantwatch.orchestration import retrain, stop_process_group  # noqa: E402
 from plantwatch.paths import ProjectPaths  # noqa: E402
 from plantwatch.registry import Registry  # noqa: E402
 from plantwatch.simulate import simulate_fleet  # noqa: E402
@@ -282,11 +281,7 @@ def main() -> int:
         console.print(f"  the new regime scored by {now}: {counts.to_dict()}")
         story["new-regime decisions after retrain"] = counts.to_dict()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, grace_s=30)
 
     step("6/6 summary")
     story["demo took"] = f"{time.monotonic() - t0:.0f} s"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from plantwatch.cli.serve import serve_command
 from plantwatch.config import ServeConfig
+from plantwatch.orchestration import stop_process_group
 from tests.integration.test_service import free_port
 from tests.reliability.conftest import JSON_HEADERS, TOKEN, LiveServer, record_figure, wait_for
 
@@ -120,12 +120,7 @@ def test_dashboard_as_the_makefile_launches_it_binds_loopback(tmp_path: Path) ->
         addrs = _listening([proc.pid], port)
         assert addrs and set(addrs) <= LOOPBACK, addrs
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc, grace_s=20)
 
 
 def test_the_token_is_in_no_log_or_data_file(live: LiveServer, http: httpx.Client) -> None:
