@@ -49,11 +49,16 @@ def _response(reply: serving.Reply) -> Response:
     return Response(reply.body, status_code=reply.status, media_type=serving.JSON_MEDIA_TYPE)
 
 
-@bentoml.service(http={"host": SERVE.host, "port": SERVE.port}, workers=SERVE.workers)
+@bentoml.service(
+    http={"host": SERVE.host, "port": SERVE.port},
+    workers=SERVE.workers,
+    traffic=serving.traffic_config(SERVE),
+)
 class Detector:
     """Anomaly scores, decisions (normal/review/alert), rules and explanations for telemetry."""
 
     def __init__(self) -> None:
+        serving.tune_gc(SERVE)
         self.app = serving.build_app(PARAMS, PATHS, request_model=ScoreRequest)
         _RUNNING["app"] = self.app
         self.app.start()

@@ -130,6 +130,16 @@ def score_readings(bundle: Any, frame: pd.DataFrame) -> pd.DataFrame:
     return result
 
 
+def score_checked(bundle: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`check_readings` against the bundle's own sensors and assets, then :func:`score_readings`.
+
+    The one entry point of both the service and ``plantwatch score``: what is refused and how rows
+    are scored cannot drift apart between HTTP and batch.
+    """
+    check_readings(frame, sensors=list(bundle.sensors), assets=list(bundle.assets))
+    return score_readings(bundle, frame)
+
+
 def _canonical_order(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
     """Row positions in (asset, timestamp) order (stable) and, per sorted row, its 1-based count of
     readings of that asset so far (None when not computed here).
@@ -306,8 +316,7 @@ def score_file(
     _suffix(out_path)  # fail before scoring on an unsupported output type
     frame = read_readings(input_path, default_asset=default_asset)
     sensors = list(bundle.sensors)
-    check_readings(frame, sensors=sensors, assets=list(bundle.assets))
-    results = score_readings(bundle, frame)
+    results = score_checked(bundle, frame)
     write_results(pd.concat([frame.reset_index(drop=True), results.reset_index(drop=True)], axis=1), out_path)
     log = ilog.build_log_frame(
         frame.reset_index(drop=True),

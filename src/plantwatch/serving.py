@@ -25,6 +25,7 @@ Design notes (why it looks like this):
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
+import orjson
 import pandas as pd
-import pydantic_core
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from plantwatch import inference_log, schema, scoring
@@ -267,14 +268,13 @@ def readings_to_frame(readings: Sequence[BaseModel], sensors: Sequence[str]) -> 
     """
     columns: dict[str, Any] = {
         schema.TIMESTAMP: canonical_timestamps([r.timestamp for r in readings]),  # type: ignore[attr-defined]
-        schema.ASSET: pd.array([r.asset for r in readings], dtype=object),  # type: ignore[attr-defined]
+        schema.ASSET: np.array([r.asset for r in readings], dtype=object),  # type: ignore[attr-defined]
     }
     for i, name in enumerate(sensors):
         attr = sensor_field_name(i)
-        columns[name] = pd.array([getattr(r, attr) for r in readings], dtype="float64").to_numpy(
-            dtype="float64", na_value=float("nan")
-        )
-    return pd.DataFrame(columns)
+        # numpy turns None (a null reading) into NaN for float64, without pandas' masked detour
+        columns[name] = np.array([getattr(r, attr) for r in readings], dtype="float64")
+    return pd.DataFrame(columns, copy=False)
 
 
 def _plain(obj: Any) -> Any:
@@ -287,9 +287,10 @@ def _plain(obj: Any) -> Any:
 def results_to_payload(results: pd.DataFrame, *, request_id: str, model_version: str, window: int) -> bytes:
     """Scored frame -> response JSON bytes (``ScoreResponse`` shape).
 
-    Serialised by pydantic-core's Rust encoder straight from column lists: no pydantic object per
-    result and no ``json.dumps`` walk, the two largest per-row costs on the response side.
-    Scores are finite (``scoring.score_readings`` refuses anything else), so the JSON is standard.
+    Serialised by orjson straight from column lists: no pydantic object per result and no
+    ``json.dumps`` walk (about half the cost of pydantic-core's encoder on 1,000 results, which
+    matters: this runs on every request). Scores are finite (``scoring.score_readings`` refuses
+    anything else), so the JSON is standard.
     """
     items = [
         {"score": s, "decision": d, "rules": r, "top_sensors": t, "full_history": f}
@@ -303,7 +304,22 @@ def results_to_payload(results: pd.DataFrame, *, request_id: str, model_version:
         )
     ]
     body = {"request_id": request_id, "model_version": model_version, "window": window, "results": items}
-    return pydantic_core.to_json(body, fallback=_plain)
+    return orjson.dumps(body, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def traffic_config(cfg: ServeConfig) -> dict[str, Any]:
+    """BentoML's ``traffic`` service option from the ``serve:`` block (admission limit, timeout)."""
+    traffic: dict[str, Any] = {"timeout": cfg.request_timeout_s}
+    if cfg.max_concurrency is not None:
+        traffic["max_concurrency"] = cfg.max_concurrency
+    return traffic
+
+
+def tune_gc(cfg: ServeConfig) -> None:
+    """The service process's collector settings (``serve.gc_gen0_threshold``; see ``ModelHolder``)."""
+    if cfg.gc_gen0_threshold is not None:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(cfg.gc_gen0_threshold, gen1, gen2)
 
 
 def new_request_id() -> str:
@@ -480,12 +496,19 @@ class ModelHolder:
     ``poll_once`` is the whole reload logic (synchronous, unit-testable); ``start`` runs it every
     ``poll_s`` seconds in a daemon thread. A version that fails to load or to pass ``check`` is
     logged and not retried before ``retry_s``; the previous model keeps serving meanwhile.
+
+    With ``freeze_gc`` every swap ends with ``gc.freeze()``: the libraries and the model (hundreds
+    of thousands of long-lived objects) leave the cyclic collector's view. Without it, the
+    per-request garbage of a 1,000-reading request triggers a full collection about once a second
+    under load, each scanning all of them: 60-200 ms stalls, the service's p99. Frozen objects
+    are still freed by reference counting (a replaced model goes away when its last request ends).
     """
 
     source: ModelSource
     poll_s: float
     retry_s: float
     check: Callable[[Any], None] = lambda bundle: None
+    freeze_gc: bool = False
     clock: Callable[[], float] = time.monotonic
     _current: LoadedModel | None = None
     status: ReloadStatus = field(default_factory=ReloadStatus)
@@ -536,6 +559,8 @@ class ModelHolder:
             self.status.failed_tag = None
             previous = current.tag if current else None
             logger.info("serving model %s (previous: %s)", tag, previous)
+            if self.freeze_gc:
+                gc.freeze()
             return True
 
     def _fail(self, tag: str | None, message: str) -> None:
@@ -700,8 +725,7 @@ class ScoringApp:
         model = self.holder.require()  # read the reference once: one version per answer
         bundle = model.bundle
         frame = readings_to_frame(readings, self.sensors)
-        scoring.check_readings(frame, sensors=self.sensors, assets=list(bundle.assets))
-        results = scoring.score_readings(bundle, frame)
+        results = scoring.score_checked(bundle, frame)
         request_id = new_request_id()
         body = results_to_payload(
             results, request_id=request_id, model_version=model.tag, window=model.window
@@ -827,7 +851,11 @@ def build_app(
     if source is None:
         source = RegistrySource(Registry(paths.root, params.registry))
     holder = ModelHolder(
-        source=source, poll_s=cfg.reload_poll_s, retry_s=cfg.reload_retry_s, check=check_compatible(sensors)
+        source=source,
+        poll_s=cfg.reload_poll_s,
+        retry_s=cfg.reload_retry_s,
+        check=check_compatible(sensors),
+        freeze_gc=cfg.freeze_gc,
     )
     decisions = list(params.review.enqueue_decisions)
     app = ScoringApp(

@@ -8,6 +8,7 @@ exercised over HTTP in tests/integration/test_service.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -248,6 +249,30 @@ def test_payload_matches_the_response_model() -> None:
     assert parsed.results[1].top_sensors[0].sensor == "temperature"
 
 
+def test_payload_serialises_numpy_values_and_null_contributions() -> None:
+    """Bundles may hand back numpy scalars/arrays; a NaN contribution (a null sensor) is JSON null."""
+    results = pd.DataFrame(
+        {
+            "score": np.array([0.5], dtype="float32"),
+            "decision": ["review"],
+            "rules": [[]],
+            "top_sensors": [[{"sensor": "temperature", "contribution": np.float64("nan")}]],
+            "full_history": np.array([False]),
+        }
+    )
+    payload = json.loads(serving.results_to_payload(results, request_id="r", model_version="m:1", window=3))
+    assert payload["results"] == [
+        {"score": 0.5, "decision": "review", "rules": [], "full_history": False,
+         "top_sensors": [{"sensor": "temperature", "contribution": None}]},
+    ]  # fmt: skip
+
+
+def test_traffic_config_comes_from_the_serve_block() -> None:
+    limited = serving.traffic_config(ServeConfig(max_concurrency=4, request_timeout_s=9.0))
+    assert limited == {"timeout": 9.0, "max_concurrency": 4}
+    assert serving.traffic_config(ServeConfig(max_concurrency=None)) == {"timeout": 60.0}
+
+
 # --------------------------------------------------------------------------------------------
 # Request guard (ASGI): 413 / 415 before anything parses the body
 # --------------------------------------------------------------------------------------------
@@ -369,6 +394,40 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def unfrozen_gc() -> Iterator[None]:
+    """Leave the test process's collector as it was (freezing is process-wide)."""
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_holder_freezes_long_lived_objects_after_each_swap_only_when_asked(unfrozen_gc: None) -> None:
+    source = FakeSource()
+    source.pointer = "m:1"
+    serving.ModelHolder(source=source, poll_s=1.0, retry_s=30.0).poll_once()
+    assert gc.get_freeze_count() == 0
+    holder = serving.ModelHolder(source=source, poll_s=1.0, retry_s=30.0, freeze_gc=True)
+    assert holder.poll_once() is True
+    frozen = gc.get_freeze_count()
+    assert frozen > 0  # the loaded model and everything imported so far
+    assert holder.poll_once() is False and gc.get_freeze_count() == frozen  # no swap, no freeze
+    gc.unfreeze()
+    source.pointer = "m:2"
+    assert holder.poll_once() is True and gc.get_freeze_count() > 0
+
+
+def test_tune_gc_raises_only_the_young_generation_threshold(unfrozen_gc: None) -> None:
+    _, gen1, gen2 = gc.get_threshold()
+    serving.tune_gc(ServeConfig(gc_gen0_threshold=12_345))
+    assert gc.get_threshold() == (12_345, gen1, gen2)
+    before = gc.get_threshold()
+    serving.tune_gc(ServeConfig(gc_gen0_threshold=None))
+    assert gc.get_threshold() == before
 
 
 def test_holder_is_not_ready_until_a_version_loads_then_follows_the_pointer() -> None:
