@@ -28,12 +28,11 @@ from rich.table import Table
 import plantwatch  # noqa: F401  (telemetry off first)
 from plantwatch import gating, training
 from plantwatch.config import Params, load_params
-from plantwatch.evaluation import frame_arrays, runs
 from plantwatch.paths import ProjectPaths
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {
-    "sim": ("simulator (6 pumps x 14 days)", REPO / "params.yaml"),
+    "sim": ("simulator (params.yaml fleet)", REPO / "params.yaml"),
     "smd": ("SMD machine-2-1", REPO / "params" / "smd.yaml"),
     "asd": ("ASD omi-1", REPO / "params" / "asd.yaml"),
     "nab": ("NAB machine temperature", REPO / "params" / "nab.yaml"),
@@ -64,7 +63,8 @@ def run(name: str, params_path: Path) -> dict[str, Any]:
     params = load_params(params_path)
     start = time.perf_counter()
     clean = load_clean(params)
-    split, _ = training.prepare_split(clean, params.split, train_rows=params.data.train_rows)
+    split, _ = training.prepare_split(clean, params.split, train_rows=params.data.train_rows,
+                                      gates=params.gates)  # the holdout the features stage cuts
     settings = training.Settings(data=params.data, features=params.features, train=params.train,
                                  rules=params.rules)
     result = training.train_candidates(split.train, split.validation, settings, params.scale,
@@ -74,12 +74,7 @@ def run(name: str, params_path: Path) -> dict[str, Any]:
     decision = gating.decide(ev.holdout, ev.cv, params.gates, production=None, review_labels_used=0)
     return {"name": name, "holdout": ev.holdout, "cv": ev.cv, "decision": decision,
             "rows": split.counts, "seconds": time.perf_counter() - start,
-            "episodes": _episodes(split.holdout)}
-
-
-def _episodes(frame: pd.DataFrame) -> int:
-    labels, assets, _ = frame_arrays(frame)
-    return len(runs(labels == 1, assets))
+            "episodes": ev.holdout_episodes}
 
 
 def _f(v: float | None, digits: int = 3) -> str:

@@ -146,14 +146,19 @@ def logged_window(paths: ProjectPaths, request_ids: list[str], name: str, day: p
 
 def show_gates(paths: ProjectPaths) -> None:
     gates = json.loads((paths.metrics / "gates.json").read_text())
-    table = Table(title=f"gates (chosen: {gates.get('chosen')}, passed: {gates.get('passed')})")
+    table = Table(title=f"gates (chosen: {gates.get('chosen')}, verdict: {gates.get('verdict')})")
     for col in ("gate", "value", "threshold", "passed"):
         table.add_column(col)
-    for g in gates.get("gates", []):
+    for g in [*gates.get("gates", []), *gates.get("not_judged", [])]:
         value = g.get("value")
+        mark = "not judged" if g.get("judged") is False else ("✔" if g.get("passed") else "✘")
         table.add_row(str(g.get("name")), f"{value:.3f}" if isinstance(value, float) else str(value),
-                      str(g.get("threshold")), "✔" if g.get("passed") else "✘")
+                      str(g.get("threshold")), mark)
     console.print(table)
+    console.print(f"  evidence: {(gates.get('evidence') or {}).get('reason')}")
+    for g in gates.get("gates", []):
+        if g.get("name") == "non_inferiority_vs_production" and g.get("reason"):
+            console.print(f"  non-inferiority: {g['reason']}")
 
 
 def monitor(paths: ProjectPaths, batch: Path) -> dict[str, Any]:
@@ -264,6 +269,8 @@ def main() -> int:
         story["retrain"] = result.get("status", "not run")
         before_after = f"{result.get('before')} → {result.get('after')}"
         console.print(f"  retrain: [bold]{story['retrain']}[/] ({before_after})")
+        if result.get("status") in ("promoted", "refused"):
+            show_gates(paths)  # the retrain's gate decision, judged on the frozen holdout
         if result.get("refusals"):
             story["refused because"] = "; ".join(result["refusals"])[:300]
             console.print(f"  refused because: {story['refused because']}")

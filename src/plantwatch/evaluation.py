@@ -221,14 +221,15 @@ def summarize(
 
 
 @dataclass(frozen=True)
-class _RankedScores:
-    """Scores sorted once (descending) so average precision under many weightings is cheap."""
+class RankedScores:
+    """Scores sorted once (descending) so average precision under many weightings is cheap (the
+    paired bootstraps here and in ``plantwatch.gating``)."""
 
     order: np.ndarray
     tie_ends: np.ndarray
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> _RankedScores:
+    def of(cls, scores: np.ndarray) -> RankedScores:
         s = np.asarray(scores, dtype=float)
         order = np.argsort(-s, kind="mergesort")
         ranked = s[order]
@@ -246,6 +247,10 @@ class _RankedScores:
         precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
         recall = tp / tp[-1]
         return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+#: The old private name, kept for existing callers (tests/unit/test_evaluation.py); use ``RankedScores``.
+_RankedScores = RankedScores
 
 
 def paired_block_bootstrap(
@@ -268,7 +273,7 @@ def paired_block_bootstrap(
     y = np.asarray(labels, dtype=int)
     if y.size == 0 or y.sum() == 0:
         return {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_resamples": 0}
-    new, old = _RankedScores.of(scores_new), _RankedScores.of(scores_old)
+    new, old = RankedScores.of(scores_new), RankedScores.of(scores_old)
     ones = np.ones(y.size)
     diff = new.average_precision(y, ones) - old.average_precision(y, ones)
     block_of_row = np.minimum((np.arange(y.size) * n_blocks) // y.size, n_blocks - 1)

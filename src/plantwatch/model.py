@@ -231,7 +231,10 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         median to this quantile (each side separately), so |z| = 1 means "as unusual as the most
         extreme 1 - q of training".
     joint_kinds : feature kinds (``<sensor>__<kind>`` names) the covariance / PCA detectors use; all
-        features when None or when X has no feature names.
+        features when None or when no feature names are known.
+    feature_names : names of X's columns when X arrives as a plain array (the pipeline featurises
+        into float32 arrays; pass ``FeatureBuilder.feature_names_out_``). Only used to find the
+        ``joint_kinds`` columns; a DataFrame's own column names take precedence.
     max_fit_rows : rows sampled (seeded) for the normalisation statistics and the forest.
     mcd_max_rows : rows sampled for MinCovDet, whose cost grows quickly with rows.
     random_state : seed for every sampled step (same seed, same data -> same scores).
@@ -253,6 +256,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         "max_fit_rows": [Interval(Integral, 2, None, closed="left")],
         "mcd_max_rows": [Interval(Integral, 2, None, closed="left")],
         "joint_kinds": [tuple, list, None],
+        "feature_names": [tuple, list, None],
         "random_state": ["random_state"],
     }
 
@@ -273,6 +277,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         max_fit_rows: int = 50_000,
         mcd_max_rows: int = 3_000,
         joint_kinds: tuple[str, ...] | None = ("dev",),
+        feature_names: Sequence[str] | None = None,
         random_state: int | None = None,
     ) -> None:
         self.contamination = contamination
@@ -290,6 +295,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         self.max_fit_rows = max_fit_rows
         self.mcd_max_rows = mcd_max_rows
         self.joint_kinds = joint_kinds
+        self.feature_names = feature_names
         self.random_state = random_state
 
     @classmethod
@@ -341,12 +347,22 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         """Columns the joint (covariance / PCA) detectors use.
 
         Features whose name ends in one of ``joint_kinds`` (``FeatureBuilder`` names are
-        ``<sensor>__<kind>``); all columns when X has no feature names or nothing matches. The
+        ``<sensor>__<kind>``); all columns when no feature names are known or nothing matches. The
         default ("dev": every sensor's current deviation from its asset baseline) makes the robust
         covariance a per-asset-normalised, robust version of what a detector on raw readings sees.
+        Names come from a DataFrame's columns, else from ``feature_names`` (arrays carry none:
+        without either, ``joint_kinds`` cannot apply, and the log says so).
         """
         names = getattr(self, "feature_names_in_", None)
-        if self.joint_kinds is None or names is None:
+        if names is None and self.feature_names is not None:
+            names = list(self.feature_names)
+            if len(names) != p:
+                raise ValueError(f"feature_names has {len(names)} names but X has {p} columns")
+        if self.joint_kinds is None:
+            return np.arange(p)
+        if names is None:
+            log.info("joint_kinds %s not applied: X has no feature names (pass feature_names); "
+                     "the joint detectors use all %d columns", list(self.joint_kinds), p)
             return np.arange(p)
         kinds = tuple(self.joint_kinds)
         cols = np.array([i for i, n in enumerate(names) if str(n).split("__")[-1] in kinds], dtype=int)
@@ -608,8 +624,23 @@ def fit_candidate(
     if fit_on_normal and schema.LABEL in train.columns:
         normal = train[schema.LABEL].fillna(0).to_numpy() == 0
     builder.fit(train[normal])
-    detector.fit(builder.transform(train)[normal])
+    name_features(detector, builder)
+    detector.fit(builder.transform(train).to_numpy()[normal])
     return builder, detector
+
+
+def name_features(
+    detector: EnsembleDetector | BaselineDetector, builder: FeatureBuilder
+) -> EnsembleDetector | BaselineDetector:
+    """Give an ``EnsembleDetector`` the names of a fitted builder's feature columns (before ``fit``).
+
+    Features travel as plain float arrays (``plantwatch.bundle.feature_matrix``; names would cost a
+    DataFrame and sklearn's name checks on every scoring call), so without this the detector cannot
+    find its ``joint_kinds`` columns and its joint members see every feature. A no-op for the baseline.
+    """
+    if isinstance(detector, EnsembleDetector):
+        detector.set_params(feature_names=tuple(builder.feature_names_out_))
+    return detector
 
 
 def score_rows(
@@ -619,5 +650,5 @@ def score_rows(
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Anomaly scores of ``frame[rows]`` (boolean mask), featurised with all of ``frame`` as history."""
-    X = builder.transform(frame)
+    X = builder.transform(frame).to_numpy()
     return detector.anomaly_score(X if rows is None else X[rows])

@@ -42,6 +42,7 @@ from plantwatch.bundle import DetectorBundle, feature_matrix, history_tail, save
 from plantwatch.config import (
     DataConfig,
     FeaturesConfig,
+    GatesConfig,
     Params,
     RulesConfig,
     ScaleConfig,
@@ -55,7 +56,7 @@ from plantwatch.parallel import run_calls
 from plantwatch.paths import ProjectPaths
 from plantwatch.registry.atomic import atomic_write_json
 from plantwatch.rules import rules_from_config
-from plantwatch.split_pin import SplitPin, pinned_split
+from plantwatch.split_pin import SplitPin, grow_for_evidence, holdout_episode_count, pinned_split
 from plantwatch.thresholds import calibrate
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,16 @@ def prepare_split(
     train_rows: int | None = None,
     review_labels: pd.DataFrame | None = None,
     pin: SplitPin | None = None,
+    gates: GatesConfig | None = None,
 ) -> tuple[Split, int]:
     """Reviewed labels (if any) override source labels, then the time split; returns (split, labels used).
 
     Labels are merged BEFORE splitting so that threshold calibration (validation) and evaluation
     (holdout) both see the reviewers' verdicts. With a ``pin`` (a retrain), the validation and holdout
-    periods are the pinned ones and every other row, newer ones included, trains.
+    periods are the pinned ones and every other row, newer ones included, trains. Without a pin and
+    with ``gates``, the holdout grows (up to ``split.max_holdout_fraction``) until it holds
+    ``gates.min_holdout_episodes`` fault episodes when the labels allow (``grow_for_evidence``), so
+    the gates have enough evidence to judge; the pipeline passes them, other callers may not.
     """
     used = 0
     if review_labels is not None and not review_labels.empty:
@@ -95,7 +100,14 @@ def prepare_split(
         used = int(summary.matched)
     if pin is not None:
         return pinned_split(clean, pin, train_rows=train_rows), used
-    return time_split(clean, split, train_rows=train_rows), used
+    base = time_split(clean, split, train_rows=train_rows)
+    if gates is None:
+        return base, used
+    grown = grow_for_evidence(
+        clean, base, min_episodes=gates.min_holdout_episodes, merge_gap=gates.episode_merge_gap,
+        validation_fraction=split.validation_fraction, max_holdout_fraction=split.max_holdout_fraction,
+    )
+    return grown, used
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,14 +215,15 @@ def fit_features(kind: str, fit: pd.DataFrame, s: Settings) -> tuple[FeatureBuil
     return fb, feature_matrix(fb, fit, keep=normal)
 
 
-def make_detector(kind: str, hyper: dict[str, Any], s: Settings) -> Any:
-    """Unfitted detector of a candidate kind (imported here: model.py is the model scientist's)."""
-    from plantwatch.model import BaselineDetector, EnsembleDetector
+def make_detector(kind: str, hyper: dict[str, Any], s: Settings, features: FeatureBuilder) -> Any:
+    """Unfitted detector of a candidate kind for the fitted ``features`` (whose column names it
+    gets: features travel as plain arrays, and ``joint_kinds`` selects columns by name)."""
+    from plantwatch.model import BaselineDetector, EnsembleDetector, name_features
 
     if kind == BASELINE:
         return BaselineDetector(random_state=s.train.seed)
     params = {**s.train.model.estimator_params(), **hyper}
-    return EnsembleDetector(random_state=s.train.seed, **params)
+    return name_features(EnsembleDetector(random_state=s.train.seed, **params), features)
 
 
 def _operating_point(scores: np.ndarray, frame: pd.DataFrame, s: Settings) -> dict[str, float]:
@@ -237,7 +250,7 @@ def run_fold(
     X_test = feature_matrix(fb, test, context=pd.concat([history_tail(fit, fb.window_), cal]))
     out = []
     for hyper in grid:
-        det = make_detector(kind, hyper, s).fit(X_fit)
+        det = make_detector(kind, hyper, s, fb).fit(X_fit)
         op = _operating_point(det.anomaly_score(X_cal), cal, s)
         out.append({"params": hyper, **op, "scores": det.anomaly_score(X_test).astype(np.float64)})
     return out
@@ -247,7 +260,7 @@ def fit_final(kind: str, hyper: dict[str, Any], train: pd.DataFrame, validation:
               assets: list[str]) -> DetectorBundle:
     """The candidate's bundle: fitted on ``train``, operating point set on ``validation``."""
     fb, X_fit = fit_features(kind, train, s)
-    det = make_detector(kind, hyper, s).fit(X_fit)
+    det = make_detector(kind, hyper, s, fb).fit(X_fit)
     bundle = DetectorBundle(
         kind=kind, sensors=s.data.sensor_names, assets=assets, features=fb, detector=det,
         threshold_=math.inf, review_low_=math.inf, rules=rules_from_config(s.rules, s.data),
@@ -444,15 +457,20 @@ def features_stage(paths: ProjectPaths, params: Params) -> dict[str, Any]:
     pin_file = paths.resolve(params.split.pin_path) if params.split.pin_path else None
     pin = SplitPin.from_dict(json.loads(pin_file.read_text())) if pin_file and pin_file.is_file() else None
     split, used = prepare_split(
-        clean, params.split, train_rows=params.data.train_rows, review_labels=labels, pin=pin
+        clean, params.split, train_rows=params.data.train_rows, review_labels=labels, pin=pin,
+        gates=params.gates,
     )
     if pin_file is not None and pin is None:
-        atomic_write_json(pin_file, SplitPin.of(split).to_dict())
+        pinned = SplitPin.of(split, merge_gap=params.gates.episode_merge_gap,
+                             min_episodes=params.gates.min_holdout_episodes)
+        atomic_write_json(pin_file, pinned.to_dict())
     paths.processed.mkdir(parents=True, exist_ok=True)
     for name in PARTS:
         getattr(split, name).to_parquet(paths.processed / f"{name}.parquet", index=False)
     info = {**split.boundaries(), "review_labels_used": used, "source_md5": file_md5(clean_path),
-            "pinned": pin is not None}
+            "pinned": pin is not None,
+            "holdout_episodes": holdout_episode_count(split.holdout, params.gates.episode_merge_gap),
+            "min_holdout_episodes": params.gates.min_holdout_episodes}
     atomic_write_json(paths.processed / "split.json", info)
     return info
 

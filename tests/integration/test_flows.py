@@ -30,6 +30,7 @@ from plantwatch import monitoring, orchestration
 from plantwatch.config import load_params
 from plantwatch.orchestration import PipelineError, ReproResult
 from plantwatch.paths import ProjectPaths
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +69,7 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "gates": {
         "min_pr_auc": 0.0,
         "min_event_recall": 0.0,
+        "min_holdout_episodes": 1,  # the tiny holdout holds ~2 fault episodes
         "max_false_alarms_per_asset_day": 1000.0,
         "min_cv_ci_low": 0.0,
         "max_cv_std": 100.0,
@@ -84,14 +86,7 @@ IMPOSSIBLE_GATES = {"min_pr_auc": 1.0, "max_false_alarms_per_asset_day": 1e-9}
 # --------------------------------------------------------------------------------------------------
 # fixtures and helpers
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect API for the whole session (it takes 10-25 s to start here)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    with prefect_test_harness(server_startup_timeout=None):
-        yield
+# prefect_harness: the session's one temporary Prefect API, from tests/conftest.py
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -374,8 +369,8 @@ def test_retrain_deployment_counts_as_served_only_while_a_runner_polls_it(
         with get_client(sync_client=True) as client:
             client.get_scheduled_flow_runs_for_deployments([deployment_id])  # what a runner does
             # The server records the poll in a background task.
-            polled = _wait_for("the poll to be recorded",
-                               lambda: client.read_deployment(deployment_id).last_polled, POLL_RECORD_S, [])
+            polled = wait_for(lambda: client.read_deployment(deployment_id).last_polled, POLL_RECORD_S,
+                              "the poll to be recorded", interval=POLL_S)
         assert retrain_deployment_served(cfg)
         stale = polled + timedelta(seconds=2 * cfg.deployment_fresh_s)
         assert not retrain_deployment_served(cfg, now=stale)  # its runner is gone
@@ -556,17 +551,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     orchestration.stop_process_group(proc, grace_s=20)
 
 
-def _wait_for(what: str, check: Any, timeout_s: float, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(POLL_S)
-    tails = "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs if p.exists())
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}\n{tails}")
-
-
 @pytest.mark.slow
 def test_drift_event_starts_the_retrain_deployment_on_a_real_server(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -607,7 +591,7 @@ def test_drift_event_starts_the_retrain_deployment_on_a_real_server(
                     return None
                 return dep if dep.last_polled is not None else None
 
-            deployment = _wait_for("the served retrain deployment", served, DEPLOYMENT_READY_S, logs)
+            deployment = wait_for(served, DEPLOYMENT_READY_S, "the served retrain deployment", POLL_S, logs)
 
             with logs[2].open("wb") as out:
                 done = subprocess.run([sys.executable, "-m", "flows.monitoring", str(batch)], cwd=paths.root,
@@ -623,7 +607,7 @@ def test_drift_event_starts_the_retrain_deployment_on_a_real_server(
                 done = [r for r in runs if r.state is not None and r.state.is_final()]
                 return done[0] if done else None
 
-            flow_run = _wait_for("the retrain-on-drift run to finish", finished_run, RETRAIN_RUN_S, logs)
+            flow_run = wait_for(finished_run, RETRAIN_RUN_S, "the retrain-on-drift run", POLL_S, logs)
         assert flow_run.state.is_completed(), flow_run.state
         assert flow_run.parameters["drift_batch_id"] == requested["batch_id"]
         assert requested["batch_id"] in flow_run.parameters["reason"]

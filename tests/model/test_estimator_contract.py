@@ -102,6 +102,25 @@ def test_joint_detectors_use_the_named_feature_kinds() -> None:
     assert EnsembleDetector(random_state=0).fit(X.to_numpy()).joint_columns_.tolist() == [0, 1, 2, 3]
 
 
+def test_joint_kinds_apply_to_plain_arrays_given_feature_names() -> None:
+    """The pipeline featurises into float arrays: ``feature_names`` must give the same detector as a
+    DataFrame would (same joint columns, same scores), and a wrong name count is an error."""
+    cols = ["a__dev", "a__roc", "b__dev", "b__roc"]
+    frame = pd.DataFrame(blobs(p=4), columns=cols)
+    named = EnsembleDetector(random_state=0).fit(frame)
+    arrays = EnsembleDetector(random_state=0, feature_names=tuple(cols)).fit(frame.to_numpy())
+    assert arrays.joint_columns_.tolist() == [0, 2] == named.joint_columns_.tolist()
+    np.testing.assert_array_equal(arrays.anomaly_score(frame.to_numpy()), named.anomaly_score(frame))
+    with pytest.raises(ValueError, match="feature_names"):
+        EnsembleDetector(random_state=0, feature_names=("a__dev",)).fit(frame.to_numpy())
+
+
+def test_fit_candidate_gives_the_detector_its_feature_names() -> None:
+    fb, det = fit_candidate("custom", canonical(), FeaturesConfig(windows=[5]), ModelConfig(), ["x", "y"])
+    assert isinstance(det, EnsembleDetector) and not hasattr(det, "feature_names_in_")
+    assert [fb.feature_names_out_[i] for i in det.joint_columns_] == ["x__dev", "y__dev"]
+
+
 def test_from_config_matches_params() -> None:
     cfg = ModelConfig(top_k=4, w_iforest=0.5, joint_kinds=["dev", "resid"])
     det = EnsembleDetector.from_config(cfg, random_state=3)

@@ -4,9 +4,8 @@ copied into README "Reliability figures").
 
 The server project reuses the service engineer's helpers (tests/integration/test_service.py): same
 tiny trained bundles, same small request limits, so the malformed-request corpus there and the one
-here run against identical settings. On top, this server has a BentoML concurrency limit
-(``traffic.max_concurrency`` via ``BENTOML_CONFIG_OVERRIDES``, the operator's knob: params has no
-key for it) so overload can be tested.
+here run against identical settings. On top, its params set a small ``serve.max_concurrency``
+(the operator's knob, passed to BentoML's ``traffic`` option) so overload can be tested.
 """
 
 from __future__ import annotations
@@ -25,9 +24,11 @@ import httpx
 import pandas as pd
 import psutil
 import pytest
+import yaml
 
 from plantwatch.config import load_params
 from plantwatch.registry import Registry
+from tests.helpers import wait_for
 from tests.integration.test_service import (
     BENTOML,
     MAX_BODY_BYTES,
@@ -42,7 +43,6 @@ from tests.integration.test_service import (
     stop_server,
     train_bundles,
     up,
-    wait_for,
 )
 
 __all__ = ["MAX_BODY_BYTES", "MAX_READINGS", "TOKEN", "readings", "wait_for"]
@@ -116,18 +116,22 @@ class LiveServer:
         return total
 
 
-def server_env(root: Path, *, max_concurrency: int | None = MAX_CONCURRENCY) -> dict[str, str]:
-    env = {
+def server_env(root: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "PLANTWATCH_ROOT": str(root),
         "BENTOML_HOME": str(root / ".bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "PLANTWATCH_API_TOKEN": TOKEN,
     }
-    if max_concurrency is not None:
-        overrides = {"services": {"Detector": {"traffic": {"max_concurrency": max_concurrency}}}}
-        env["BENTOML_CONFIG_OVERRIDES"] = json.dumps(overrides)
-    return env
+
+
+def limit_concurrency(root: Path, max_concurrency: int) -> None:
+    """Set ``serve.max_concurrency`` in the project's params.yaml (read by the server at start)."""
+    path = root / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["serve"]["max_concurrency"] = max_concurrency
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def launch(root: Path, port: int, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -146,7 +150,7 @@ def launch(root: Path, port: int, env: dict[str, str], *extra: str) -> tuple[sub
     return proc, log_path
 
 
-def start_live_server(root: Path, *, max_concurrency: int | None = MAX_CONCURRENCY) -> LiveServer:
+def start_live_server(root: Path) -> LiveServer:
     """Train + register two bundles in ``root``, start the server, promote one, wait until ready."""
     params = load_params(root / "params.yaml")
     registry = Registry(root, params.registry, bentoml_home=root / ".bentoml")
@@ -154,7 +158,7 @@ def start_live_server(root: Path, *, max_concurrency: int | None = MAX_CONCURREN
     tags = {kind: register(registry, path, kind) for kind, path in artifacts.items()}
     for attempt in range(START_ATTEMPTS):
         port = free_port()
-        proc, log_path = launch(root, port, server_env(root, max_concurrency=max_concurrency))
+        proc, log_path = launch(root, port, server_env(root))
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda u=url, p=proc: up(u) or p.poll() is not None, START_TIMEOUT_S, "the server to start")
         # exit code 0 before serving = stopped from outside (seen on the shared machine): try again
@@ -177,6 +181,7 @@ def start_live_server(root: Path, *, max_concurrency: int | None = MAX_CONCURREN
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The one shared server of the suite (tests must leave production on ``tags['custom']``)."""
     root = make_project(tmp_path_factory.mktemp("rel") / "proj")
+    limit_concurrency(root, MAX_CONCURRENCY)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLANTWATCH_ROOT", str(root))
         mp.setenv("BENTOML_HOME", str(root / ".bentoml"))

@@ -4,52 +4,36 @@ Every POST endpoint gets ``CASES_PER_ENDPOINT`` generated requests over real HTT
 schema-conforming (positive), 70 % schema-violating (negative), derandomised so a failure
 reproduces. Promises: no response >= 500, no stack trace in any body, and no error body that
 echoes a string the client sent (keys or values, not counting names the spec itself publishes).
+
+Generating the cases costs the client most of the CPU (``fuzz_worker``), so the three endpoints
+are fuzzed at once in ``WORKERS`` spawned processes, started when the first of these tests runs;
+each test then waits (bounded) for its endpoint's outcome and asserts on it.
 """
 
 from __future__ import annotations
 
-import collections
-import json
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-import requests
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.generation.modes import GenerationMode
 
 from tests.reliability.conftest import TOKEN, LiveServer, record_figure
+from tests.reliability.fuzz_worker import FuzzOutcome, fuzz_endpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CASES_PER_ENDPOINT = 1000
 #: Schema-valid cases cost a full scoring each; invalid ones probe more of the input space.
 POSITIVE_SHARE = 0.3
+#: Longest run first: /score's valid cases are the expensive ones.
 ENDPOINTS = ("/score", "/model", "/feedback")
-STACK_MARKERS = ("Traceback", 'File "')
-#: Shorter client strings appear in bodies by coincidence ("a", "x1"); these are the echo risk.
-MIN_ECHO_CHARS = 6
-
-
-def _strings(obj: Any) -> set[str]:
-    """Every string key and value in a JSON-like object."""
-    out: set[str] = set()
-    if isinstance(obj, str):
-        out.add(obj)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out |= _strings(k) | _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            out |= _strings(v)
-    return out
-
-
-def _echoed(body: Any, reply: str, published: str) -> list[str]:
-    return [
-        s for s in _strings(body) if len(s.strip()) >= MIN_ECHO_CHARS and s not in published and s in reply
-    ]
+#: Client processes generating cases (the machine has 2 cores; the server uses them too).
+WORKERS = 2
+#: Bound on waiting for one endpoint's run (all three take about 1-2 minutes together here).
+RUN_TIMEOUT_S = 400.0
 
 
 @pytest.fixture(scope="module")
@@ -57,47 +41,39 @@ def spec(live: LiveServer) -> dict[str, Any]:
     return httpx.get(f"{live.url}/docs.json", timeout=30).json()
 
 
+Runs = dict[str, Future[FuzzOutcome]]
+
+
+def _selected(request: pytest.FixtureRequest) -> list[str]:
+    """Endpoints whose test this session runs (``-k /model`` must not fuzz /score in the background)."""
+    mine = [i for i in request.session.items if isinstance(i, pytest.Function) and i.module is request.module]
+    chosen = {i.callspec.params.get("path") for i in mine if hasattr(i, "callspec")}
+    return [p for p in ENDPOINTS if p in chosen]
+
+
+@pytest.fixture(scope="module")
+def fuzz_runs(request: pytest.FixtureRequest, live: LiveServer, spec: dict[str, Any]) -> Iterator[Runs]:
+    """The selected endpoints' runs, submitted at once to a spawned process pool (cancelled at module end)."""
+    pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        token = {"/feedback": TOKEN}
+        args = (spec, live.url)
+        yield {
+            path: pool.submit(fuzz_endpoint, *args, path, CASES_PER_ENDPOINT, POSITIVE_SHARE, token.get(path))
+            for path in _selected(request)
+        }
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("path", ENDPOINTS)
-def test_fuzzed_requests_never_5xx_trace_or_echo(live: LiveServer, spec: dict[str, Any], path: str) -> None:
-    schema = schemathesis.openapi.from_dict(spec)
-    op = schema[path]["POST"]
-    published = json.dumps(spec)
-    statuses: collections.Counter[int] = collections.Counter()
-    problems: list[str] = []
-    auth = {"authorization": f"Bearer {TOKEN}"} if path == "/feedback" else None
-
-    with requests.Session() as session:
-        positive = round(CASES_PER_ENDPOINT * POSITIVE_SHARE)
-        for mode, examples in ((GenerationMode.POSITIVE, positive),
-                               (GenerationMode.NEGATIVE, CASES_PER_ENDPOINT - positive)):  # fmt: skip
-
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.generate],
-            )
-            @given(case=op.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                r = case.call(base_url=live.url, session=session, headers=auth, timeout=30)
-                statuses[r.status_code] += 1
-                text = r.content.decode("utf-8", "replace")
-                body = case.body if not isinstance(case.body, bytes) else None
-                if r.status_code >= 500:
-                    problems.append(f"{r.status_code} for {case.body!r:.300}: {text[:300]}")
-                if any(m in text for m in STACK_MARKERS):
-                    problems.append(f"stack trace for {case.body!r:.300}: {text[:300]}")
-                if r.status_code >= 400 and body is not None and _echoed(body, text, published):
-                    problems.append(f"echo of {_echoed(body, text, published)[:3]} in {text[:300]}")
-
-            run()
-
+def test_fuzzed_requests_never_5xx_trace_or_echo(fuzz_runs: Runs, path: str) -> None:
+    outcome = fuzz_runs[path].result(timeout=RUN_TIMEOUT_S)
+    statuses, problems = outcome.statuses, outcome.problems
     total = sum(statuses.values())
     assert total >= CASES_PER_ENDPOINT * 0.9, statuses  # hypothesis may stop early on tiny spaces
     assert not problems, f"{len(problems)} problem(s): " + " | ".join(problems[:5])
     assert any(400 <= s < 500 for s in statuses), statuses  # the negative cases did reach validation
     fives = sum(n for s, n in statuses.items() if s >= 500)
-    record_figure(f"fuzz {path}: cases / >=500 / traces+echoes", f"{total} / {fives} / 0",
-                  "0 responses >= 500, 0 traces, 0 echoes")
+    figure, promise = f"{total} / {fives} / 0", "0 responses >= 500, 0 traces, 0 echoes"
+    record_figure(f"fuzz {path}: cases / >=500 / traces+echoes", figure, promise)

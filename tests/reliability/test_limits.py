@@ -34,8 +34,14 @@ FAST_413_S = 2.0
 #: RSS the server may gain while refusing oversized bodies (it must not buffer 50 MB).
 MAX_RSS_GROWTH_BYTES = 20 * 1024 * 1024
 BURST_CLIENTS = 12 * MAX_CONCURRENCY
-BURST_REQUESTS = 6 * BURST_CLIENTS
+#: The burst is sustained for this long (every client keeps sending), whatever the service's speed,
+#: so the /healthz probe samples the server while it is overloaded.
+BURST_SECONDS = 3.0
+#: ... and bounded in count too: no client sends more than this many requests.
+MAX_REQUESTS_PER_CLIENT = 200
 BURST_TIMEOUT_S = 60.0
+#: Least /healthz samples taken during the burst for its p99 to mean anything.
+MIN_HEALTH_SAMPLES = 20
 #: /healthz bypasses the concurrency limit; on a loaded 2-core box a second is still "fast" for a probe.
 HEALTHZ_P99_S = 1.0
 
@@ -122,13 +128,17 @@ def test_burst_over_the_concurrency_limit_gets_200_or_429_and_healthz_stays_fast
     client = httpx.Client(base_url=live.url, timeout=BURST_TIMEOUT_S, limits=limits)
 
     def one(_: int) -> None:
-        try:
-            r = client.post("/score", content=body, headers=JSON_HEADERS)
-            statuses.append(r.status_code)
-            if r.status_code not in (200, 429, 503):
-                errors.append(r.text[:200])
-        except httpx.HTTPError as err:  # a hang becomes a timeout here
-            errors.append(repr(err))
+        stop_at = time.monotonic() + BURST_SECONDS
+        for _ in range(MAX_REQUESTS_PER_CLIENT):
+            if time.monotonic() >= stop_at:
+                return
+            try:
+                r = client.post("/score", content=body, headers=JSON_HEADERS)
+                statuses.append(r.status_code)
+                if r.status_code not in (200, 429, 503):
+                    errors.append(r.text[:200])
+            except httpx.HTTPError as err:  # a hang becomes a timeout here
+                errors.append(repr(err))
 
     def probe() -> None:
         with httpx.Client(base_url=live.url, timeout=10) as c:
@@ -144,23 +154,24 @@ def test_burst_over_the_concurrency_limit_gets_200_or_429_and_healthz_stays_fast
     prober.start()
     t0 = time.monotonic()
     with ThreadPoolExecutor(BURST_CLIENTS) as pool:
-        list(pool.map(one, range(BURST_REQUESTS)))
+        list(pool.map(one, range(BURST_CLIENTS)))
     took = time.monotonic() - t0
     done.set()
     prober.join(timeout=15)
     client.close()
 
     assert not errors, errors[:5]
-    assert len(statuses) == BURST_REQUESTS
+    assert len(statuses) >= BURST_CLIENTS
     assert set(statuses) <= {200, 429, 503}
     shed = sum(s != 200 for s in statuses)
     assert statuses.count(200) > 0 and shed > 0, "the burst never exceeded the limit"
     health.sort()
+    assert len(health) >= MIN_HEALTH_SAMPLES, f"only {len(health)} /healthz samples during the burst"
     p99 = health[min(len(health) - 1, int(0.99 * len(health)))]
-    assert len(health) >= 5 and p99 < HEALTHZ_P99_S
-    record_figure("burst: requests / clients", f"{BURST_REQUESTS} / {BURST_CLIENTS}",
-                  f"limit {MAX_CONCURRENCY} in flight")
+    assert p99 < HEALTHZ_P99_S
+    record_figure("burst: requests / clients / seconds", f"{len(statuses)} / {BURST_CLIENTS} / {took:.1f}",
+                  f"serve.max_concurrency {MAX_CONCURRENCY}")
     record_figure("burst: 5xx-other / hangs", f"{len(errors)}", "0")
-    record_figure("burst: shed (429/503) share", f"{shed / BURST_REQUESTS:.0%}", "only 200 / 429 / 503")
+    record_figure("burst: shed (429/503) share", f"{shed / len(statuses):.0%}", "only 200 / 429 / 503")
     record_figure("burst: /healthz p99 (ms)", f"{p99 * 1000:.0f}", f"< {HEALTHZ_P99_S * 1000:.0f} ms")
-    record_figure("burst: wall time (s)", f"{took:.1f}", f"< {BURST_TIMEOUT_S:.0f} s")
+    record_figure("burst: /healthz samples", f"{len(health)}", f">= {MIN_HEALTH_SAMPLES}")

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.test_service import START_TIMEOUT_S, free_port, stop_server, up
 from tests.reliability.conftest import (
     JSON_HEADERS,
+    MAX_CONCURRENCY,
     TOKEN,
     LiveServer,
     body_of,
@@ -29,7 +30,7 @@ from tests.reliability.conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-IN_FLIGHT = 6
+IN_FLIGHT = MAX_CONCURRENCY  # all admitted by the project's serve.max_concurrency
 #: SIGTERM goes out once the server holds at least this many of them (running + queued).
 MIN_IN_PROGRESS = 2
 READINGS_PER_ASSET = 200  # 2 assets x 200 = serve.max_readings of the test project: slow enough to overlap
@@ -45,7 +46,7 @@ def _in_progress(url: str) -> float:
 
 
 def test_sigterm_with_requests_in_flight_completes_them_and_exits_0(live: LiveServer) -> None:
-    env = server_env(live.root, max_concurrency=None)
+    env = server_env(live.root)
     env.pop("PLANTWATCH_API_TOKEN")
     port = free_port()
     proc, log_path = launch(live.root, port, env)

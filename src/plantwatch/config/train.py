@@ -19,6 +19,10 @@ class SplitConfig(StrictModel):
 
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    #: When the most recent ``holdout_fraction`` holds fewer than ``gates.min_holdout_episodes`` fault
+    #: episodes, the FIRST split moves the holdout start earlier until it does, up to this share of the
+    #: rows (``plantwatch.split_pin.grow_for_evidence``); the pin then freezes that holdout.
+    max_holdout_fraction: float = Field(default=0.35, gt=0.0, lt=1.0)
     pin_path: str | None = "data/split_pin.json"
 
 
@@ -143,6 +147,20 @@ class GatesConfig(StrictModel):
     bootstrap_blocks: int = Field(default=40, ge=5)
     #: The custom model is chosen only if its holdout PR-AUC beats the baseline's by this much.
     min_gain_over_baseline: float = Field(default=0.02)
+    #: Evidence: the holdout-based gates (PR-AUC, event recall, non-inferiority) judge only when the
+    #: holdout holds at least this many labelled fault episodes; with fewer the decision is
+    #: "insufficient evidence" (refused, never passed or failed on noise).
+    min_holdout_episodes: PositiveInt = 5
+    #: The same rule per CV fold: a fold whose test block holds fewer fault episodes is left out of the
+    #: CV gates' statistics (reported, flagged ``judged: false``): one episode's difficulty is not
+    #: fold-to-fold stability.
+    min_fold_episodes: PositiveInt = 3
+    #: With fewer judged folds, ``min_cv_ci_low`` / ``max_cv_std`` are not judged (a t-interval or std
+    #: over 1-2 values is noise). Not by itself "insufficient evidence": the holdout decides that.
+    min_cv_folds: int = Field(default=3, ge=2)
+    #: Labelled runs of one asset at most this many readings apart are ONE fault episode when counting
+    #: evidence and when aligning bootstrap blocks (a burst of spikes is one fault, not eight).
+    episode_merge_gap: int = Field(default=60, ge=0)
 
 
 class ScaleConfig(StrictModel):
