@@ -6,7 +6,7 @@ For every dataset both candidates get the same treatment (``plantwatch.model.fit
 same recipe as the train stage): features fitted on the training part's normal rows, detector fitted
 on those rows' features, holdout scored with the whole preceding stream as history.
 
-* Simulator: ``simulate_fleet`` with the params (6 assets x 14 days unless changed) per seed, split
+* Simulator: ``simulate_fleet`` with the params (6 assets x 28 days unless changed) per seed, split
   by ``time_split`` with ``params.split`` (holdout = most recent 20 %).
 * Real data (``../shared/datasets``): fit on the official training part (``n_train_rows`` of the
   ``.meta.json``; NAB has none, so its first half, as in the datasets README); the labelled rest is
