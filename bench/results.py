@@ -86,11 +86,19 @@ def rows_of(r: dict[str, Any]) -> list[list[str]]:
     for cand in ("baseline", "custom"):
         h, c = r["holdout"][cand], r["cv"][cand]["pr_auc"]
         out.append([
-            r["name"], cand, _f(h["pr_auc"]), f"{_f(c['mean'])} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]",
+            r["name"], cand, _f(h["pr_auc"]), _cv(c),
             _f(h["event_recall"], 2), _f(h["f1"]), _f(h["false_alarms_per_asset_day"], 2),
             _verdict(r["decision"]) if r["decision"]["chosen"] == cand else "",
         ])
     return out
+
+
+def _cv(c: dict[str, Any]) -> str:
+    """CV PR-AUC over the judged folds (enough fault episodes) and how many of all folds those are."""
+    judged = f"{_f(c.get('n'), 0)}/{_f(c.get('folds'), 0)} folds judged"
+    if c.get("n") in (None, 0) or not math.isfinite(c.get("n") or math.nan):
+        return judged
+    return f"{_f(c['mean'])} [{_f(c['ci_low'])}, {_f(c['ci_high'])}], {judged}"
 
 
 def _verdict(decision: dict[str, Any]) -> str:
@@ -100,7 +108,7 @@ def _verdict(decision: dict[str, Any]) -> str:
     return "chosen, failed: " + ", ".join(failed)
 
 
-HEADER = ["data", "model", "holdout PR-AUC", "CV PR-AUC mean [95% CI]", "event recall",
+HEADER = ["data", "model", "holdout PR-AUC", "CV PR-AUC mean [95% CI] over judged folds", "event recall",
           "F1 (point-wise)", "false alarms / asset-day", "gates"]
 
 

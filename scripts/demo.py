@@ -156,6 +156,8 @@ def show_gates(paths: ProjectPaths) -> None:
                       str(g.get("threshold")), mark)
     console.print(table)
     console.print(f"  evidence: {(gates.get('evidence') or {}).get('reason')}")
+    if (gates.get("cv_evidence") or {}).get("reason"):
+        console.print(f"  CV evidence: {gates['cv_evidence']['reason']}")
     for g in gates.get("gates", []):
         if g.get("name") == "non_inferiority_vs_production" and g.get("reason"):
             console.print(f"  non-inferiority: {g['reason']}")
