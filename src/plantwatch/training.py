@@ -229,7 +229,8 @@ def make_detector(kind: str, hyper: dict[str, Any], s: Settings, features: Featu
 def _operating_point(scores: np.ndarray, frame: pd.DataFrame, s: Settings) -> dict[str, float]:
     labels, assets, ts = frame_arrays(frame)
     t = s.train
-    cal = calibrate(scores, labels, assets, ts, t.alert_budget, t.review_band, t.episode_gap)
+    budget = t.alert_budget * t.calibration_headroom
+    cal = calibrate(scores, labels, assets, ts, budget, t.review_band, t.episode_gap)
     return {"threshold": cal.threshold, "review_low": cal.review_low,
             "false_alarms_per_asset_day": cal.false_alarms_per_asset_day}
 

@@ -122,3 +122,24 @@ def test_review_effect_says_how_reviewed_labels_moved_pr_auc() -> None:
     worse = review_effect(source, np.array([1, 0, 0, 0, 1]), scores)  # a missed anomaly found by review
     assert worse["pr_auc_reviewed_labels"] < worse["pr_auc_source_labels"]
     assert np.isnan(review_effect(np.zeros(5), np.zeros(5), scores)["pr_auc_source_labels"])
+
+
+def test_operating_point_aims_at_the_headroom_share_of_the_budget(repo_root: Path) -> None:
+    """Validation false alarms stay within headroom x budget; less headroom never lowers the threshold."""
+    params = load_params(repo_root / "params.yaml")
+    rng = np.random.default_rng(0)
+    n, assets = 4 * 1440, 2
+    frame = pd.DataFrame({
+        "timestamp": np.tile(pd.date_range("2024-01-01", periods=n, freq="min"), assets),
+        "asset": np.repeat([f"a{i}" for i in range(assets)], n),
+        "label": 0,
+    })  # fmt: skip
+    scores = rng.standard_normal(len(frame))
+    points = {}
+    for headroom in (1.0, 0.8, 0.5):
+        train_cfg = params.train.model_copy(update={"calibration_headroom": headroom})
+        s = training.Settings(data=params.data, features=params.features, train=train_cfg, rules=params.rules)
+        points[headroom] = training._operating_point(scores, frame, s)
+        assert points[headroom]["false_alarms_per_asset_day"] <= headroom * params.train.alert_budget
+    assert points[1.0]["threshold"] <= points[0.8]["threshold"] <= points[0.5]["threshold"]
+    assert points[1.0]["false_alarms_per_asset_day"] > points[0.5]["false_alarms_per_asset_day"]
