@@ -501,7 +501,9 @@ class ModelHolder:
     of thousands of long-lived objects) leave the cyclic collector's view. Without it, the
     per-request garbage of a 1,000-reading request triggers a full collection about once a second
     under load, each scanning all of them: 60-200 ms stalls, the service's p99. Frozen objects
-    are still freed by reference counting (a replaced model goes away when its last request ends).
+    are still freed by reference counting (a replaced model goes away when its last request ends);
+    only objects alive at a swap that later become unreachable inside a reference cycle stay until
+    the process ends, a bounded cost paid once per promotion or rollback.
     """
 
     source: ModelSource
