@@ -14,8 +14,8 @@ figures are the service's and not the client library's; the 1,000-row workload i
 * 100-reading requests: p50/p99 latency;
 * 1,000-row requests: rows/s (goal: >= 70 % of in-process throughput), sequentially (one client:
   every request waits for the previous answer, so client and transport time add up) and from
-  ``CONCURRENT_CLIENTS`` clients at once (the service's throughput: it receives and parses the
-  next request while it scores one; still one worker process, as in-process is one thread).
+  ``CONCURRENT_CLIENTS`` clients at once (throughput under overlapping requests, one worker
+  process; a known limit today: README "Scoring service").
 
 "in-process" is ``plantwatch.scoring.score_checked(bundle, frame)`` on the same rows in the same
 run: the input checks and the model, as ``plantwatch score`` runs them on a file's frame and the
@@ -235,29 +235,36 @@ class LeanClient:
         self.conn.close()
 
 
-def timings(call: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
-    """Seconds per call. The bench process's own garbage collector is off while timing (as in
-    ``timeit``): its full collections, over everything this process imported, would otherwise land
-    in random samples of both columns. The server keeps its own GC settings (``serve:`` block)."""
-    for _ in range(warmup):
-        call()
-    out = []
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The bench process's own garbage collector off while timing (as in ``timeit``): its full
+    collections, over everything this process imported, would otherwise land in random samples of
+    both columns. The server keeps its own GC settings (``serve:`` block)."""
     gc.collect()
     gc.disable()
     try:
+        yield
+    finally:
+        gc.enable()
+
+
+def timings(call: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
+    """Seconds per call, after ``warmup`` untimed calls, with the bench's GC paused."""
+    for _ in range(warmup):
+        call()
+    out = []
+    with gc_paused():
         for _ in range(n):
             t = time.perf_counter()
             call()
             out.append(time.perf_counter() - t)
-    finally:
-        gc.enable()
     return out
 
 
 def concurrent_timings(url: str, body: bytes, clients: int, per_client: int) -> tuple[list[float], float]:
     """``clients`` lean clients (own connection, own thread) each POST ``body`` ``per_client`` times,
-    all at once: per-request latencies and the wall time of the whole run. The service's
-    throughput: while one request is scored, the next one is already being received and parsed."""
+    all at once: per-request latencies and the wall time of the whole run (the service's
+    throughput under overlapping requests; README "Scoring service", known limit)."""
     conns = [LeanClient(url, timeout=120) for _ in range(clients)]
     for c in conns:  # warm every connection
         c.post("/score", body)
@@ -276,16 +283,14 @@ def concurrent_timings(url: str, body: bytes, clients: int, per_client: int) -> 
     threads = [threading.Thread(target=one, args=(c,)) for c in conns]
     for t in threads:
         t.start()
-    gc.collect()
-    gc.disable()
     try:
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        with gc_paused():
+            barrier.wait()
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
     finally:
-        gc.enable()
         for c in conns:
             c.close()
     return latencies, wall
